@@ -1,0 +1,76 @@
+//! The machine lg builds: where things sit in guest-physical memory and which
+//! I/O ports lg serves.
+//!
+//! Every address here is one the guest sees. The low megabyte follows the PC
+//! tradition the kernel still expects (real-mode data below 640 KiB, the
+//! BIOS area above it), the kernel loads at its preferred address above 1 MiB,
+//! and the top gigabyte below 4 GiB is left as a hole for the local APIC,
+//! the IO-APIC and PCI devices, so RAM beyond 3 GiB continues above 4 GiB.
+
+/// The boot GDT: null, 64-bit code, data, TSS descriptors (8 bytes each).
+pub const BOOT_GDT_ADDR: u64 = 0x500;
+/// An empty IDT: the kernel installs its own before enabling interrupts.
+pub const BOOT_IDT_ADDR: u64 = 0x520;
+/// The boot stack's top, used only until the kernel switches to its own.
+pub const BOOT_STACK_TOP: u64 = 0x8ff0;
+/// The zero page (`struct boot_params`), whose address the kernel gets in %rsi.
+pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// The identity-mapped boot page tables: one PML4, one PDPT and four page
+/// directories of 2 MiB pages covering the first 4 GiB.
+pub const BOOT_PML4_ADDR: u64 = 0x9000;
+pub const BOOT_PDPT_ADDR: u64 = 0xa000;
+pub const BOOT_PD_ADDR: u64 = 0xb000;
+/// How many page directories follow `BOOT_PD_ADDR` (each maps 1 GiB).
+pub const BOOT_PD_COUNT: u64 = 4;
+/// The kernel command line, NUL-terminated.
+pub const CMDLINE_ADDR: u64 = 0x20000;
+/// The most command-line bytes lg will place, NUL included; the kernel's own
+/// limit (`cmdline_size` in the setup header) is usually smaller.
+pub const CMDLINE_MAX_SIZE: u64 = 0x10000;
+/// Where conventional memory ends: the extended BIOS data area starts here.
+pub const EBDA_START: u64 = 0x9fc00;
+/// The ACPI tables, RSDP first, in the BIOS read-only area where the kernel
+/// would also search for them.
+pub const ACPI_START: u64 = 0xe0000;
+/// End of the ACPI area (exclusive): the start of high memory.
+pub const ACPI_END: u64 = 0x100000;
+/// The first byte above the legacy first megabyte.
+pub const HIMEM_START: u64 = 0x100000;
+/// Where RAM below 4 GiB stops: the 32-bit hole for APICs and PCI begins.
+pub const MEM_32BIT_GAP_START: u64 = 0xc000_0000;
+/// Where RAM continues above the hole.
+pub const MEM_32BIT_GAP_END: u64 = 0x1_0000_0000;
+/// The IO-APIC's MMIO base (KVM's in-kernel IO-APIC sits here).
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+/// The local APIC's MMIO base.
+pub const LAPIC_ADDR: u64 = 0xfee0_0000;
+/// The TSS KVM needs for real-mode emulation on Intel: three pages just below
+/// the IO-APIC, inside the hole, never RAM.
+pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
+
+/// The 16550 UART (COM1) lg emulates for `console=ttyS0`.
+pub const COM1_PORT: u16 = 0x3f8;
+/// COM1's eight registers.
+pub const COM1_PORT_COUNT: u16 = 8;
+/// COM1's ISA interrupt line.
+pub const COM1_IRQ: u32 = 4;
+
+/// The i8042 keyboard controller's command port: writing 0xfe there is the
+/// oldest way to reset a PC, and Linux tries it when it reboots.
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// The command that pulses the CPU reset line.
+pub const I8042_RESET_COMMAND: u8 = 0xfe;
+
+/// ACPI hardware-reduced sleep control register (FADT `SLEEP_CONTROL_REG`):
+/// the guest writes `SLP_TYP << 2 | SLP_EN` here to power off.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x3c0;
+/// ACPI hardware-reduced sleep status register (FADT `SLEEP_STATUS_REG`).
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x3c1;
+/// ACPI reset register (FADT `RESET_REG`): writing `ACPI_RESET_VALUE` reboots.
+pub const ACPI_RESET_PORT: u16 = 0x3c2;
+/// The value the guest writes to `ACPI_RESET_PORT` to reboot.
+pub const ACPI_RESET_VALUE: u8 = 0x1;
+/// The sleep type lg's DSDT gives for S5 (soft off) in its `\_S5` package.
+pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
+/// The SLP_EN bit of the sleep control register.
+pub const ACPI_SLEEP_ENABLE: u8 = 1 << 5;
