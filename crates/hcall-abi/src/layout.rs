@@ -7,10 +7,12 @@
 //! and the top gigabyte below 4 GiB is left as a hole for the local APIC,
 //! the IO-APIC and PCI devices, so RAM beyond 3 GiB continues above 4 GiB.
 
-/// The boot GDT: null, 64-bit code, data, TSS descriptors (8 bytes each).
+/// The boot GDT (8-byte descriptors): two null entries, then the flat 64-bit
+/// code and data segments at the selectors the 64-bit boot protocol names,
+/// `__BOOT_CS` (0x10) and `__BOOT_DS` (0x18), then a TSS (0x20).
 pub const BOOT_GDT_ADDR: u64 = 0x500;
 /// An empty IDT: the kernel installs its own before enabling interrupts.
-pub const BOOT_IDT_ADDR: u64 = 0x520;
+pub const BOOT_IDT_ADDR: u64 = 0x540;
 /// The boot stack's top, used only until the kernel switches to its own.
 pub const BOOT_STACK_TOP: u64 = 0x8ff0;
 /// The zero page (`struct boot_params`), whose address the kernel gets in %rsi.

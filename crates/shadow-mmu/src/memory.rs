@@ -67,7 +67,10 @@ impl fmt::Display for MemoryError {
             MemoryError::Mmap(e) => write!(f, "cannot map guest RAM: {e}"),
             MemoryError::Register(e) => write!(f, "KVM refused the guest RAM slot: {e}"),
             MemoryError::OutOfRange { addr, len } => {
-                write!(f, "{len} bytes at guest address {addr} are outside guest RAM")
+                write!(
+                    f,
+                    "{len} bytes at guest address {addr} are outside guest RAM"
+                )
             }
             MemoryError::Io(e) => write!(f, "cannot read into guest RAM: {e}"),
         }
@@ -181,7 +184,10 @@ impl GuestMemory {
     /// The mapping offset of a range, if it lies wholly inside one region.
     fn offset_of(&self, addr: GuestAddress, len: u64) -> Result<usize, MemoryError> {
         let out_of_range = MemoryError::OutOfRange { addr, len };
-        let end = addr.0.checked_add(len).ok_or(MemoryError::OutOfRange { addr, len })?;
+        let end = addr
+            .0
+            .checked_add(len)
+            .ok_or(MemoryError::OutOfRange { addr, len })?;
         self.regions
             .iter()
             .find(|r| addr.0 >= r.guest_base.0 && end <= r.end())
@@ -275,7 +281,9 @@ impl Drop for GuestMemory {
 
 impl fmt::Debug for GuestMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GuestMemory").field("regions", &self.regions).finish()
+        f.debug_struct("GuestMemory")
+            .field("regions", &self.regions)
+            .finish()
     }
 }
 
@@ -310,8 +318,12 @@ mod tests {
     #[test]
     fn reads_back_what_was_written() {
         let mem = GuestMemory::new(MIB).unwrap();
-        mem.write_obj(GuestAddress(0x1000), &0x1122_3344_5566_7788u64).unwrap();
-        assert_eq!(mem.read_obj::<u64>(GuestAddress(0x1000)).unwrap(), 0x1122_3344_5566_7788);
+        mem.write_obj(GuestAddress(0x1000), &0x1122_3344_5566_7788u64)
+            .unwrap();
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(0x1000)).unwrap(),
+            0x1122_3344_5566_7788
+        );
         let mut buf = [0u8; 2];
         mem.read(GuestAddress(0x1000), &mut buf).unwrap();
         assert_eq!(buf, [0x88, 0x77]);
@@ -335,8 +347,14 @@ mod tests {
     fn read_from_fills_memory_from_a_reader() {
         let mem = GuestMemory::new(MIB).unwrap();
         let data = vec![0xabu8; 4096];
-        mem.read_from(GuestAddress(0x2000), &mut data.as_slice(), 4096).unwrap();
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x2ffc)).unwrap(), 0xabab_abab);
-        assert!(mem.read_from(GuestAddress(MIB - 10), &mut data.as_slice(), 4096).is_err());
+        mem.read_from(GuestAddress(0x2000), &mut data.as_slice(), 4096)
+            .unwrap();
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x2ffc)).unwrap(),
+            0xabab_abab
+        );
+        assert!(mem
+            .read_from(GuestAddress(MIB - 10), &mut data.as_slice(), 4096)
+            .is_err());
     }
 }

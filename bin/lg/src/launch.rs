@@ -1,0 +1,250 @@
+//! `lg run`: from a kernel file to a running guest, and back to an exit
+//! status.
+//!
+//! The order matters for the person at the keyboard. Everything that can be
+//! wrong with their input (the memory size, the kernel, the initrd, the
+//! command line) is checked first, by loading the guest into memory that KVM
+//! has not seen yet, so those mistakes get their one-sentence answer on any
+//! machine. Only then does lg ask whether this host can run a guest at all,
+//! create the VM, and start the vCPUs.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use bzimage_loader::{KernelImage, LoadOptions};
+use shadow_mmu::GuestMemory;
+use switcher::{EntryState, ExitStats, GuestEnd, Vm};
+
+use crate::cli::Run;
+use crate::platform::{IsaIrq, Platform};
+use crate::terminal;
+
+/// The guest powered off or rebooted.
+pub const EXIT_GUEST_ENDED: u8 = 0;
+/// lg refused to start.
+pub const EXIT_REFUSED: u8 = 1;
+/// The guest crashed or a vCPU failed.
+pub const EXIT_GUEST_CRASHED: u8 = 2;
+/// The user stopped lg.
+pub const EXIT_STOPPED: u8 = 3;
+
+/// The smallest guest lg will try: below this no x86-64 kernel fits.
+const MIN_MEMORY_MIB: u64 = 2;
+
+const MIB: u64 = 1 << 20;
+
+/// Runs a guest and returns lg's exit status.
+pub fn run(args: Run) -> ExitCode {
+    init_logging(args.verbose);
+    match prepare(&args) {
+        Ok(guest) => ExitCode::from(boot(guest)),
+        Err(message) => {
+            eprintln!("lg: {message}");
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}
+
+fn init_logging(verbose: bool) {
+    let default = if verbose { "info" } else { "warn" };
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_target(false)
+        .try_init();
+}
+
+/// A guest loaded into memory, not yet given to KVM.
+struct PreparedGuest {
+    memory: Arc<GuestMemory>,
+    entry: EntryState,
+    cpus: u8,
+}
+
+/// Checks the user's input by loading the guest into fresh memory.
+fn prepare(args: &Run) -> Result<PreparedGuest, String> {
+    let memory_mib = parse_memory(&args.memory)?;
+    if args.cpus == 0 {
+        return Err("--cpus=0: a guest needs at least one vCPU".into());
+    }
+    let kernel_path = Path::new(&args.kernel);
+    let kernel = KernelImage::open(kernel_path).map_err(|e| e.to_string())?;
+    log::info!("kernel {}: {:?}", args.kernel, kernel.kind());
+
+    let memory = GuestMemory::new(memory_mib * MIB)
+        .map_err(|e| format!("cannot give the guest {memory_mib} MiB: {e}"))?;
+    let rsdp = acpi::write_tables(&memory, &acpi::AcpiConfig { vcpus: args.cpus })
+        .map_err(|e| format!("cannot build the ACPI tables: {e}"))?;
+    let cmdline = args.kernel_args.join(" ");
+    let options = LoadOptions {
+        cmdline: &cmdline,
+        initrd: args.initrd.as_deref().map(Path::new),
+        acpi_rsdp: Some(rsdp),
+    };
+    let boot = bzimage_loader::load(&memory, &kernel, &options).map_err(|e| e.to_string())?;
+    log::info!(
+        "guest: {memory_mib} MiB, {} vCPU(s), entry {}, zero page {}, command line {cmdline:?}",
+        args.cpus,
+        boot.entry,
+        boot.boot_params
+    );
+    Ok(PreparedGuest {
+        memory: Arc::new(memory),
+        entry: EntryState {
+            entry: boot.entry,
+            boot_params: boot.boot_params,
+            page_table_root: boot.page_table_root,
+        },
+        cpus: args.cpus,
+    })
+}
+
+/// Parses MEM_MB, lguest's first argument: guest RAM in MiB.
+fn parse_memory(text: &str) -> Result<u64, String> {
+    let mib: u64 = text
+        .parse()
+        .map_err(|_| format!("memory size {text:?} is not a whole number of MiB"))?;
+    if mib < MIN_MEMORY_MIB {
+        return Err(format!(
+            "memory size {mib} MiB is too small: a guest needs at least {MIN_MEMORY_MIB} MiB"
+        ));
+    }
+    if let Some(host_mib) = host_memory_mib() {
+        if mib > host_mib {
+            return Err(format!(
+                "memory size {mib} MiB is more than this host's RAM and swap ({host_mib} MiB)"
+            ));
+        }
+    }
+    Ok(mib)
+}
+
+/// The host's RAM plus swap in MiB, from /proc/meminfo: more than that can
+/// never be backed, though less can be given lazily (lg maps guest RAM
+/// without reserving it).
+fn host_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = meminfo.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    };
+    Some((field("MemTotal:")? + field("SwapTotal:").unwrap_or(0)) / 1024)
+}
+
+/// Creates the VM and runs the guest to its end.
+fn boot(guest: PreparedGuest) -> u8 {
+    if let Err(e) = switcher::check_host() {
+        eprintln!("lg: {e}");
+        return EXIT_REFUSED;
+    }
+    let vm = match Vm::new(Arc::clone(&guest.memory)) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("lg: cannot create the virtual machine: {e}");
+            return EXIT_REFUSED;
+        }
+    };
+    let vcpus = match vm.create_vcpus(usize::from(guest.cpus), &guest.entry) {
+        Ok(vcpus) => vcpus,
+        Err(e) => {
+            eprintln!("lg: cannot create the vCPUs: {e}");
+            return EXIT_REFUSED;
+        }
+    };
+    let uart_irq = Box::new(IsaIrq {
+        vm: Arc::clone(vm.fd()),
+        irq: hcall_abi::layout::COM1_IRQ,
+    });
+    let platform = Arc::new(Platform::new(Box::new(std::io::stdout()), uart_irq));
+
+    if let Err(message) = start_control_threads(&platform) {
+        eprintln!("lg: {message}");
+        return EXIT_REFUSED;
+    }
+    let stats = Arc::new(ExitStats::default());
+    let end = switcher::run::run(vcpus, platform, Arc::clone(&stats));
+    terminal::restore();
+    log::info!("{stats}");
+    match end {
+        GuestEnd::PowerOff => {
+            log::info!("the guest powered off");
+            EXIT_GUEST_ENDED
+        }
+        GuestEnd::Reboot => {
+            log::info!("the guest rebooted; lg ends, as lguest did");
+            EXIT_GUEST_ENDED
+        }
+        GuestEnd::Crash(why) => {
+            eprintln!("lg: {why}");
+            EXIT_GUEST_CRASHED
+        }
+    }
+}
+
+/// Starts the threads that serve the person rather than the guest: terminal
+/// input, and the signals that stop lg. A panic anywhere restores the
+/// terminal before the message is printed.
+fn start_control_threads(platform: &Arc<Platform>) -> Result<(), String> {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        terminal::restore();
+        default_hook(info);
+    }));
+
+    // Block the stopping signals in every thread (threads inherit the mask),
+    // and take them on one thread with sigwait, where restoring the terminal
+    // and exiting is safe, unlike in a signal handler.
+    use nix::sys::signal::{SigSet, Signal};
+    let mut stopping = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        stopping.add(signal);
+    }
+    stopping
+        .thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(signal) = stopping.wait() {
+                terminal::restore();
+                eprintln!("\r\nlg: stopped by {signal}");
+                std::process::exit(i32::from(EXIT_STOPPED));
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+
+    if terminal::stdin_is_terminal() {
+        terminal::enter_raw_mode()
+            .map_err(|e| format!("cannot put the terminal in raw mode: {e}"))?;
+        let platform = Arc::clone(platform);
+        std::thread::Builder::new()
+            .name("console-input".into())
+            .spawn(move || {
+                terminal::pump_input(
+                    |bytes| platform.console_input(bytes),
+                    || {
+                        terminal::restore();
+                        eprintln!("\r\nlg: quit (Ctrl-A x)");
+                        std::process::exit(i32::from(EXIT_STOPPED));
+                    },
+                )
+            })
+            .map_err(|e| format!("cannot start the console input thread: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_must_be_a_sensible_number_of_mib() {
+        assert_eq!(parse_memory("64"), Ok(64));
+        assert!(parse_memory("abc").unwrap_err().contains("\"abc\""));
+        assert!(parse_memory("-5").unwrap_err().contains("\"-5\""));
+        assert!(parse_memory("0").unwrap_err().contains("0 MiB"));
+        assert!(parse_memory("99999999999")
+            .unwrap_err()
+            .contains("99999999999"));
+    }
+}

@@ -1,0 +1,45 @@
+//! # lg: the launcher
+//!
+//! This is where a person meets lg. lguest's launcher was one C file that
+//! parsed the command line, mapped the guest's memory, loaded the kernel and
+//! then sat in a loop serving the guest's devices. lg's binary does the same
+//! job, but each of those parts lives in its own crate and this one only
+//! wires them together:
+//!
+//! - [`cli`]: the command line (`lg run 64 bzImage root=/dev/vda`).
+//! - [`launch`]: the order things happen in, from the kernel file to
+//!   `KVM_RUN` and the exit status.
+//! - [`platform`]: the devices on the guest's I/O ports, and the switch that
+//!   routes each exit to one of them.
+//! - [`terminal`]: the person's terminal: raw mode for typing into the guest,
+//!   and putting it back however lg ends.
+//!
+//! Exit statuses (also in `lg run --help`): 0 the guest powered off or
+//! rebooted; 1 lg refused to start (bad input, or a host that cannot run the
+//! guest); 2 the guest crashed or a vCPU failed; 3 the user stopped lg
+//! (Ctrl-A x, or a signal).
+
+mod cli;
+mod launch;
+mod platform;
+mod terminal;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let command = match cli::parse(&args) {
+        Ok(command) => command,
+        Err(cli::ParseOutcome::Help(text)) => {
+            println!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(cli::ParseOutcome::Error(message)) => {
+            eprintln!("lg: {message}");
+            return ExitCode::from(launch::EXIT_REFUSED);
+        }
+    };
+    match command {
+        cli::Command::Run(run) => launch::run(run),
+    }
+}

@@ -1,0 +1,339 @@
+//! A 16550A UART, as much of it as Linux's 8250 driver looks at.
+//!
+//! The guest drives it through eight I/O ports. Transmission is instant (the
+//! byte goes straight to the sink), so the transmitter is always empty; the
+//! receiver holds what the user typed until the guest reads it. Linux probes
+//! the chip before trusting it: it checks the scratch register, that the FIFO
+//! bits read back as a 16550A's, and that loopback mode echoes what it sends,
+//! so all of those behave as the datasheet says.
+
+use std::collections::VecDeque;
+use std::io::Write;
+
+// Register offsets from the base port. Some share an offset and are told apart
+// by the direction of the access or by the DLAB bit of the line control.
+const DATA: u8 = 0; // RBR on read, THR on write; DLL when DLAB is set
+const IER: u8 = 1; // interrupt enable; DLM when DLAB is set
+const IIR_FCR: u8 = 2; // interrupt identification on read, FIFO control on write
+const LCR: u8 = 3;
+const MCR: u8 = 4;
+const LSR: u8 = 5;
+const MSR: u8 = 6;
+const SCR: u8 = 7;
+
+const IER_RX_DATA: u8 = 0x01;
+const IER_TX_EMPTY: u8 = 0x02;
+const IER_MASK: u8 = 0x0f;
+
+const IIR_NONE: u8 = 0x01;
+const IIR_TX_EMPTY: u8 = 0x02;
+const IIR_RX_DATA: u8 = 0x04;
+const IIR_FIFO_ENABLED: u8 = 0xc0;
+
+const FCR_FIFO_ENABLE: u8 = 0x01;
+const FCR_CLEAR_RX: u8 = 0x02;
+
+const LCR_DLAB: u8 = 0x80;
+
+const MCR_LOOPBACK: u8 = 0x10;
+const MCR_MASK: u8 = 0x1f;
+
+const LSR_DATA_READY: u8 = 0x01;
+const LSR_TX_HOLDING_EMPTY: u8 = 0x20;
+const LSR_TX_EMPTY: u8 = 0x40;
+
+// Outside loopback, the modem lines say a terminal is attached and ready:
+// carrier detect, data set ready, clear to send.
+const MSR_CONNECTED: u8 = 0xb0;
+
+/// How many typed bytes the UART holds for the guest before it drops input,
+/// so a guest that never reads cannot make lg buffer without bound.
+const RX_CAPACITY: usize = 64 * 1024;
+
+/// The UART's interrupt line: raising it sends one edge to the guest's
+/// interrupt controller (ISA interrupts are edge-triggered).
+pub trait InterruptLine: Send {
+    fn trigger(&self);
+}
+
+/// The state of one 16550A.
+pub struct Uart {
+    interrupt_enable: u8,
+    line_control: u8,
+    modem_control: u8,
+    scratch: u8,
+    divisor: u16,
+    fifo_enabled: bool,
+    /// The transmitter-empty interrupt is pending until the guest reads IIR
+    /// or writes another byte, as on the real chip.
+    tx_empty_pending: bool,
+    rx: VecDeque<u8>,
+    output: Box<dyn Write + Send>,
+    interrupt: Box<dyn InterruptLine>,
+}
+
+impl Uart {
+    /// A UART whose transmitted bytes go to `output`.
+    pub fn new(output: Box<dyn Write + Send>, interrupt: Box<dyn InterruptLine>) -> Uart {
+        Uart {
+            interrupt_enable: 0,
+            line_control: 0x03, // 8 data bits, as firmware leaves it
+            modem_control: 0x08,
+            scratch: 0,
+            divisor: 12, // 9600 baud
+            fifo_enabled: false,
+            tx_empty_pending: false,
+            rx: VecDeque::new(),
+            output,
+            interrupt,
+        }
+    }
+
+    fn dlab(&self) -> bool {
+        self.line_control & LCR_DLAB != 0
+    }
+
+    fn loopback(&self) -> bool {
+        self.modem_control & MCR_LOOPBACK != 0
+    }
+
+    /// The interrupt the chip reports in IIR, highest priority first.
+    fn pending_interrupt(&self) -> u8 {
+        if self.interrupt_enable & IER_RX_DATA != 0 && !self.rx.is_empty() {
+            IIR_RX_DATA
+        } else if self.interrupt_enable & IER_TX_EMPTY != 0 && self.tx_empty_pending {
+            IIR_TX_EMPTY
+        } else {
+            IIR_NONE
+        }
+    }
+
+    fn update_interrupt(&self) {
+        if self.pending_interrupt() != IIR_NONE {
+            self.interrupt.trigger();
+        }
+    }
+
+    /// The guest reads the register at `offset` (0..8) from the base port.
+    pub fn read(&mut self, offset: u8) -> u8 {
+        match offset {
+            DATA if self.dlab() => self.divisor as u8,
+            DATA => {
+                let byte = self.rx.pop_front().unwrap_or(0);
+                self.update_interrupt();
+                byte
+            }
+            IER if self.dlab() => (self.divisor >> 8) as u8,
+            IER => self.interrupt_enable,
+            IIR_FCR => {
+                let pending = self.pending_interrupt();
+                if pending == IIR_TX_EMPTY {
+                    // Reading IIR acknowledges a transmitter-empty interrupt.
+                    self.tx_empty_pending = false;
+                }
+                let fifo = if self.fifo_enabled {
+                    IIR_FIFO_ENABLED
+                } else {
+                    0
+                };
+                pending | fifo
+            }
+            LCR => self.line_control,
+            MCR => self.modem_control,
+            LSR => {
+                let ready = if self.rx.is_empty() {
+                    0
+                } else {
+                    LSR_DATA_READY
+                };
+                ready | LSR_TX_HOLDING_EMPTY | LSR_TX_EMPTY
+            }
+            MSR if self.loopback() => {
+                // In loopback the modem outputs come back as inputs:
+                // DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD.
+                let mcr = self.modem_control;
+                ((mcr & 0x01) << 5)
+                    | ((mcr & 0x02) << 3)
+                    | ((mcr & 0x04) << 4)
+                    | ((mcr & 0x08) << 4)
+            }
+            MSR => MSR_CONNECTED,
+            SCR => self.scratch,
+            _ => 0xff,
+        }
+    }
+
+    /// The guest writes `value` to the register at `offset` (0..8).
+    pub fn write(&mut self, offset: u8, value: u8) {
+        match offset {
+            DATA if self.dlab() => self.divisor = (self.divisor & 0xff00) | u16::from(value),
+            DATA => {
+                if self.loopback() {
+                    self.push_input(&[value]);
+                } else {
+                    // A console whose reader went away must not stop the
+                    // guest; the byte is simply lost, as on a cut cable.
+                    let _ = self.output.write_all(&[value]);
+                    let _ = self.output.flush();
+                }
+                self.tx_empty_pending = true;
+                self.update_interrupt();
+            }
+            IER if self.dlab() => self.divisor = (self.divisor & 0x00ff) | (u16::from(value) << 8),
+            IER => {
+                let enabling_tx =
+                    value & IER_TX_EMPTY != 0 && self.interrupt_enable & IER_TX_EMPTY == 0;
+                self.interrupt_enable = value & IER_MASK;
+                // The transmitter is empty, so enabling its interrupt raises
+                // it at once; Linux's driver waits for exactly that.
+                if enabling_tx {
+                    self.tx_empty_pending = true;
+                }
+                self.update_interrupt();
+            }
+            IIR_FCR => {
+                self.fifo_enabled = value & FCR_FIFO_ENABLE != 0;
+                if value & FCR_CLEAR_RX != 0 {
+                    self.rx.clear();
+                }
+            }
+            LCR => self.line_control = value,
+            MCR => self.modem_control = value & MCR_MASK,
+            SCR => self.scratch = value,
+            // LSR and MSR are read-only; writes to them do nothing.
+            _ => {}
+        }
+    }
+
+    /// Bytes the user typed, to be received by the guest. Input beyond what
+    /// the guest has left unread up to `RX_CAPACITY` is dropped.
+    pub fn push_input(&mut self, bytes: &[u8]) {
+        let room = RX_CAPACITY.saturating_sub(self.rx.len());
+        self.rx.extend(bytes.iter().take(room));
+        self.update_interrupt();
+    }
+
+    /// Whether the guest has yet to read everything the user typed.
+    pub fn has_unread_input(&self) -> bool {
+        !self.rx.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct SharedSink(Arc<Mutex<Vec<u8>>>);
+    impl Write for SharedSink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct CountingLine(Arc<AtomicUsize>);
+    impl InterruptLine for CountingLine {
+        fn trigger(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn uart() -> (Uart, SharedSink, CountingLine) {
+        let sink = SharedSink::default();
+        let line = CountingLine::default();
+        (
+            Uart::new(Box::new(sink.clone()), Box::new(line.clone())),
+            sink,
+            line,
+        )
+    }
+
+    #[test]
+    fn transmitted_bytes_reach_the_sink() {
+        let (mut uart, sink, _) = uart();
+        for b in b"hi\n" {
+            uart.write(DATA, *b);
+        }
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+        assert_eq!(uart.read(LSR) & (LSR_TX_EMPTY | LSR_TX_HOLDING_EMPTY), 0x60);
+    }
+
+    #[test]
+    fn received_bytes_are_read_in_order_with_an_interrupt() {
+        let (mut uart, _, line) = uart();
+        uart.write(IER, IER_RX_DATA);
+        uart.push_input(b"ab");
+        assert!(line.0.load(Ordering::SeqCst) >= 1);
+        assert_eq!(uart.read(IIR_FCR) & 0x0f, IIR_RX_DATA);
+        assert_eq!(uart.read(LSR) & LSR_DATA_READY, LSR_DATA_READY);
+        assert_eq!(uart.read(DATA), b'a');
+        assert_eq!(uart.read(DATA), b'b');
+        assert_eq!(uart.read(LSR) & LSR_DATA_READY, 0);
+        assert_eq!(uart.read(IIR_FCR) & 0x0f, IIR_NONE);
+    }
+
+    #[test]
+    fn enabling_the_transmit_interrupt_raises_it_until_iir_is_read() {
+        let (mut uart, _, line) = uart();
+        uart.write(IER, IER_TX_EMPTY);
+        assert_eq!(line.0.load(Ordering::SeqCst), 1);
+        assert_eq!(uart.read(IIR_FCR) & 0x0f, IIR_TX_EMPTY);
+        assert_eq!(uart.read(IIR_FCR) & 0x0f, IIR_NONE);
+    }
+
+    #[test]
+    fn divisor_latch_shadows_data_and_ier() {
+        let (mut uart, sink, _) = uart();
+        uart.write(LCR, LCR_DLAB | 0x03);
+        uart.write(DATA, 0x01);
+        uart.write(IER, 0x00);
+        assert_eq!(uart.read(DATA), 0x01);
+        assert!(sink.0.lock().unwrap().is_empty());
+        uart.write(LCR, 0x03);
+        assert_eq!(uart.read(IER), 0);
+    }
+
+    #[test]
+    fn looks_like_a_16550a_to_the_linux_probe() {
+        let (mut uart, sink, _) = uart();
+        uart.write(SCR, 0xa5);
+        assert_eq!(uart.read(SCR), 0xa5);
+        uart.write(IIR_FCR, FCR_FIFO_ENABLE);
+        assert_eq!(uart.read(IIR_FCR) & IIR_FIFO_ENABLED, IIR_FIFO_ENABLED);
+        // Loopback: modem outputs come back on the status lines, and sent
+        // bytes come back as received ones without reaching the sink.
+        uart.write(MCR, MCR_LOOPBACK | 0x0a);
+        assert_eq!(uart.read(MSR) & 0xf0, 0x90);
+        uart.write(DATA, 0x5a);
+        assert_eq!(uart.read(DATA), 0x5a);
+        assert!(sink.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn input_is_bounded() {
+        let (mut uart, _, _) = uart();
+        uart.push_input(&vec![b'x'; RX_CAPACITY + 100]);
+        let mut count = 0;
+        while uart.has_unread_input() {
+            uart.read(DATA);
+            count += 1;
+        }
+        assert_eq!(count, RX_CAPACITY);
+    }
+
+    #[test]
+    fn unknown_offsets_never_panic() {
+        let (mut uart, _, _) = uart();
+        for offset in 0..=255u8 {
+            uart.write(offset, 0xff);
+            uart.read(offset);
+        }
+    }
+}

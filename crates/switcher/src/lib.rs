@@ -1,0 +1,31 @@
+//! # switcher: the world switch
+//!
+//! In lguest the Switcher was a page of assembly mapped at the top of both the
+//! host's and the guest's address space, which saved one world's registers,
+//! loaded the other's, and jumped. On KVM the hardware does that and the whole
+//! switch is one ioctl, `KVM_RUN`. What remains is still the heart of the
+//! hypervisor, and it lives here:
+//!
+//! - [`host`]: can this host's KVM run a stock kernel at all?
+//! - [`vm`]: the virtual machine: guest RAM registered, the in-kernel
+//!   interrupt controllers (PIC, IO-APIC, local APICs) and timer (PIT).
+//! - [`cpu`]: each vCPU: the CPUID it reports, and for the boot CPU the
+//!   64-bit state the Linux boot protocol asks for at the kernel's entry.
+//! - [`run`]: the `KVM_RUN` loop, one thread per vCPU, handing each exit (an
+//!   I/O port or MMIO access the kernel could not handle itself) to the
+//!   devices through the [`ExitHandler`] trait, and deciding when the guest
+//!   has ended.
+//!
+//! The switcher knows no device: the binary wires devices to it through
+//! [`ExitHandler`], so the crate graph stays a ladder from KVM up to `lg`.
+
+pub mod cpu;
+pub mod host;
+pub mod run;
+pub mod vm;
+
+pub use cpu::EntryState;
+pub use cpu::Vcpu;
+pub use host::{check_host, HostError};
+pub use run::{ExitHandler, ExitStats, GuestEnd, PortAction};
+pub use vm::{SwitcherError, Vm};

@@ -1,0 +1,185 @@
+//! The `KVM_RUN` loop: one thread per vCPU, each exit handed to the devices.
+//!
+//! KVM runs the guest until it touches something KVM does not emulate: an I/O
+//! port or an MMIO address that belongs to one of lg's devices, or an event
+//! only userspace can decide about (power-off, a triple fault). Each such
+//! exit comes back here, on the vCPU's own thread, and is dispatched to the
+//! [`ExitHandler`]. A vCPU thread that sees the guest end reports it on a
+//! channel; the first report ends the guest as a whole.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::VcpuExit;
+
+use crate::cpu::Vcpu;
+
+/// How the guest's life ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestEnd {
+    /// The guest powered itself off.
+    PowerOff,
+    /// The guest asked to be reset.
+    Reboot,
+    /// The guest or a vCPU failed; the string says how, in one sentence.
+    Crash(String),
+}
+
+/// What the switcher should do after a device handled a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortAction {
+    /// Resume the guest.
+    Continue,
+    /// The write ended the guest (a power-off or reset register).
+    End(GuestEnd),
+}
+
+/// The devices, as the switcher sees them: something that answers port and
+/// MMIO accesses. Called concurrently from every vCPU thread.
+pub trait ExitHandler: Send + Sync {
+    /// The guest reads `data.len()` bytes from I/O port `port`.
+    fn port_in(&self, port: u16, data: &mut [u8]);
+    /// The guest writes `data` to I/O port `port`.
+    fn port_out(&self, port: u16, data: &[u8]) -> PortAction;
+    /// The guest reads `data.len()` bytes at guest-physical `addr`, which is
+    /// not RAM.
+    fn mmio_read(&self, addr: u64, data: &mut [u8]);
+    /// The guest writes `data` at guest-physical `addr`, which is not RAM.
+    fn mmio_write(&self, addr: u64, data: &[u8]) -> PortAction;
+}
+
+/// How many exits of each kind the guest caused, for `--verbose` and, later,
+/// `lg stat`.
+#[derive(Default, Debug)]
+pub struct ExitStats {
+    pub port_in: AtomicU64,
+    pub port_out: AtomicU64,
+    pub mmio_read: AtomicU64,
+    pub mmio_write: AtomicU64,
+    pub halt: AtomicU64,
+    pub interrupted: AtomicU64,
+    pub other: AtomicU64,
+}
+
+impl ExitStats {
+    /// Counts one exit, and logs the first of each kind: a reader following
+    /// a boot with `--verbose` sees every new kind of exit as it appears.
+    fn count(&self, counter: &AtomicU64, kind: &str, vcpu: u8) {
+        if counter.fetch_add(1, Ordering::Relaxed) == 0 {
+            log::info!("vCPU {vcpu}: first {kind} exit");
+        }
+    }
+}
+
+impl fmt::Display for ExitStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        write!(
+            f,
+            "exits: {} port in, {} port out, {} MMIO read, {} MMIO write, {} halt, {} interrupted, {} other",
+            load(&self.port_in),
+            load(&self.port_out),
+            load(&self.mmio_read),
+            load(&self.mmio_write),
+            load(&self.halt),
+            load(&self.interrupted),
+            load(&self.other),
+        )
+    }
+}
+
+/// Runs every vCPU on its own thread until the guest ends, and says how it
+/// ended. The vCPU threads still blocked in `KVM_RUN` are left behind; the
+/// caller is expected to tidy up and end the process.
+pub fn run(vcpus: Vec<Vcpu>, handler: Arc<dyn ExitHandler>, stats: Arc<ExitStats>) -> GuestEnd {
+    let (ended, end) = mpsc::channel();
+    for vcpu in vcpus {
+        let handler = Arc::clone(&handler);
+        let stats = Arc::clone(&stats);
+        let ended = ended.clone();
+        let name = format!("vcpu{}", vcpu.index);
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            let why = run_vcpu(vcpu, handler.as_ref(), &stats);
+            let _ = ended.send(why);
+        });
+        if let Err(e) = spawned {
+            return GuestEnd::Crash(format!("cannot start a vCPU thread: {e}"));
+        }
+    }
+    drop(ended);
+    end.recv()
+        .unwrap_or_else(|_| GuestEnd::Crash("every vCPU thread ended without a reason".into()))
+}
+
+/// One vCPU's loop. Returns when this vCPU has seen the guest end.
+fn run_vcpu(mut vcpu: Vcpu, handler: &dyn ExitHandler, stats: &ExitStats) -> GuestEnd {
+    let index = vcpu.index;
+    loop {
+        let action = match vcpu.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                stats.count(&stats.port_in, "port in", index);
+                handler.port_in(port, data);
+                PortAction::Continue
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                stats.count(&stats.port_out, "port out", index);
+                handler.port_out(port, data)
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                stats.count(&stats.mmio_read, "MMIO read", index);
+                handler.mmio_read(addr, data);
+                PortAction::Continue
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                stats.count(&stats.mmio_write, "MMIO write", index);
+                handler.mmio_write(addr, data)
+            }
+            Ok(VcpuExit::Hlt) => {
+                // With KVM's local APIC, HLT is handled in the kernel; an exit
+                // here means the CPU halted for good.
+                stats.count(&stats.halt, "halt", index);
+                PortAction::End(GuestEnd::Crash(format!(
+                    "vCPU {index} halted with no way to wake it"
+                )))
+            }
+            Ok(VcpuExit::Shutdown) => {
+                stats.count(&stats.other, "shutdown", index);
+                let rip = vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+                PortAction::End(GuestEnd::Crash(format!(
+                    "the guest triple-faulted on vCPU {index} (last RIP {rip:#x})"
+                )))
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                stats.count(&stats.other, "system event", index);
+                PortAction::End(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => GuestEnd::PowerOff,
+                    KVM_SYSTEM_EVENT_RESET => GuestEnd::Reboot,
+                    KVM_SYSTEM_EVENT_CRASH => GuestEnd::Crash("the guest reported a crash".into()),
+                    other => GuestEnd::Crash(format!("unknown KVM system event {other}")),
+                })
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => PortAction::End(GuestEnd::Crash(format!(
+                "KVM could not enter vCPU {index} (hardware reason {reason:#x}, host CPU {cpu})"
+            ))),
+            Ok(VcpuExit::InternalError) => PortAction::End(GuestEnd::Crash(format!(
+                "KVM hit an internal error running vCPU {index} (an instruction it could not emulate)"
+            ))),
+            Ok(other) => {
+                stats.count(&stats.other, "other", index);
+                log::warn!("vCPU {index}: ignoring unexpected exit {other:?}");
+                PortAction::Continue
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                stats.count(&stats.interrupted, "interrupted", index);
+                PortAction::Continue
+            }
+            Err(e) => PortAction::End(GuestEnd::Crash(format!("KVM_RUN failed on vCPU {index}: {e}"))),
+        };
+        if let PortAction::End(why) = action {
+            return why;
+        }
+    }
+}
