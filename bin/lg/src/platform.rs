@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cmos_rtc::CmosRtc;
 use hcall_abi::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
-    ACPI_SLEEP_ENABLE, ACPI_SLEEP_STATUS_PORT, COM1_PORT, COM1_PORT_COUNT, I8042_COMMAND_PORT,
-    I8042_RESET_COMMAND,
+    ACPI_SLEEP_ENABLE, ACPI_SLEEP_STATUS_PORT, CF9_RESET_BIT, CF9_RESET_PORT, COM1_PORT,
+    COM1_PORT_COUNT, I8042_COMMAND_PORT, I8042_RESET_COMMAND,
 };
 use hvc_console::{InterruptLine, Uart};
 use kvm_ioctls::VmFd;
@@ -112,6 +112,9 @@ impl ExitHandler for Platform {
                 log::info!("guest asked for ACPI sleep type {sleep_type}, which lg does not offer");
             }
             ACPI_RESET_PORT if value == ACPI_RESET_VALUE => {
+                return PortAction::End(GuestEnd::Reboot)
+            }
+            CF9_RESET_PORT if value & CF9_RESET_BIT != 0 => {
                 return PortAction::End(GuestEnd::Reboot)
             }
             I8042_COMMAND_PORT if value == I8042_RESET_COMMAND => {

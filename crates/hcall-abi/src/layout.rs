@@ -36,6 +36,11 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const ACPI_START: u64 = 0xe0000;
 /// End of the ACPI area (exclusive): the start of high memory.
 pub const ACPI_END: u64 = 0x100000;
+/// The x86 reset vector (F000:FFF0): where a CPU starts after reset, and
+/// where Linux jumps when it reboots "through the BIOS", the method it picks
+/// on a hardware-reduced ACPI machine without EFI. lg puts a few bytes of
+/// real-mode code here that write `ACPI_RESET_VALUE` to `ACPI_RESET_PORT`.
+pub const RESET_VECTOR_ADDR: u64 = 0xffff0;
 /// The first byte above the legacy first megabyte.
 pub const HIMEM_START: u64 = 0x100000;
 /// Where RAM below 4 GiB stops: the 32-bit hole for APICs and PCI begins.
@@ -62,6 +67,12 @@ pub const COM1_IRQ: u32 = 4;
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 /// The command that pulses the CPU reset line.
 pub const I8042_RESET_COMMAND: u8 = 0xfe;
+
+/// The PCI reset control register (Intel's "port CF9"): Linux's `reboot=pci`
+/// writes 0x06 there; bit 2 starts the reset.
+pub const CF9_RESET_PORT: u16 = 0xcf9;
+/// The bit of `CF9_RESET_PORT` that resets the machine.
+pub const CF9_RESET_BIT: u8 = 1 << 2;
 
 /// ACPI hardware-reduced sleep control register (FADT `SLEEP_CONTROL_REG`):
 /// the guest writes `SLP_TYP << 2 | SLP_EN` here to power off.

@@ -7,7 +7,10 @@
 //! Firmware would normally get the CPU there through real and protected mode;
 //! lg simply sets the registers, which is why a guest starts in milliseconds.
 
-use hcall_abi::layout::{BOOT_GDT_ADDR, BOOT_IDT_ADDR, BOOT_STACK_TOP};
+use hcall_abi::layout::{
+    ACPI_RESET_PORT, ACPI_RESET_VALUE, BOOT_GDT_ADDR, BOOT_IDT_ADDR, BOOT_STACK_TOP,
+    RESET_VECTOR_ADDR,
+};
 use kvm_bindings::{
     kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
 };
@@ -107,6 +110,30 @@ pub(crate) fn write_boot_gdt(mem: &GuestMemory) -> Result<(), SwitcherError> {
         mem.write_obj(GuestAddress(BOOT_GDT_ADDR + 8 * i as u64), descriptor)?;
     }
     mem.write_obj(GuestAddress(BOOT_IDT_ADDR), &0u64)?;
+    Ok(())
+}
+
+/// The only firmware lg has: real-mode code at the reset vector that asks
+/// for a reset through the ACPI reset register, then halts. Linux reboots by
+/// jumping here when nothing better is offered (see `RESET_VECTOR_ADDR`);
+/// without it the vCPU would run through zeroed memory forever.
+#[rustfmt::skip]
+const RESET_VECTOR_CODE: [u8; 9] = [
+    0xba, ACPI_RESET_PORT as u8, (ACPI_RESET_PORT >> 8) as u8, // mov dx, ACPI_RESET_PORT
+    0xb0, ACPI_RESET_VALUE,                                    // mov al, ACPI_RESET_VALUE
+    0xee,                                                      // out dx, al
+    0xf4,                                                      // hlt
+    0xeb, 0xfc,                                                // jmp back to the out
+];
+
+/// Writes the reset-vector code into guest memory.
+pub(crate) fn write_reset_vector(mem: &GuestMemory) -> Result<(), SwitcherError> {
+    if mem.contains(
+        GuestAddress(RESET_VECTOR_ADDR),
+        RESET_VECTOR_CODE.len() as u64,
+    ) {
+        mem.write(GuestAddress(RESET_VECTOR_ADDR), &RESET_VECTOR_CODE)?;
+    }
     Ok(())
 }
 
@@ -291,6 +318,14 @@ fn set_entry_state(fd: &VcpuFd, entry: &EntryState) -> Result<(), SwitcherError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reset_vector_code_fits_below_one_megabyte_and_loops_on_the_out() {
+        assert!(RESET_VECTOR_ADDR + RESET_VECTOR_CODE.len() as u64 <= 0x10_0000);
+        // The jump's target is the `out` (offset 5), from the end (offset 9).
+        assert_eq!(RESET_VECTOR_CODE[5], 0xee);
+        assert_eq!(9 + (RESET_VECTOR_CODE[8] as i8) as i64, 5);
+    }
 
     #[test]
     fn code_segment_is_flat_64_bit_ring_0() {

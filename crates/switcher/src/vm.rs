@@ -138,6 +138,7 @@ impl Vm {
             });
         }
         cpu::write_boot_gdt(&self.memory)?;
+        cpu::write_reset_vector(&self.memory)?;
         let host_cpu = cpu::host_cpu(&self.kvm)?;
         (0..count)
             .map(|index| {
