@@ -212,24 +212,29 @@ fn start_control_threads(platform: &Arc<Platform>) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
 
-    if terminal::stdin_is_terminal() {
+    // Standard input always feeds the guest's serial port, so a script can
+    // be piped in; only a terminal is put in raw mode and offered lg's own
+    // keys (Ctrl-A x), since piped bytes are meant for the guest verbatim.
+    let interactive = terminal::stdin_is_terminal();
+    if interactive {
         terminal::enter_raw_mode()
             .map_err(|e| format!("cannot put the terminal in raw mode: {e}"))?;
-        let platform = Arc::clone(platform);
-        std::thread::Builder::new()
-            .name("console-input".into())
-            .spawn(move || {
-                terminal::pump_input(
-                    |bytes| platform.console_input(bytes),
-                    || {
-                        terminal::restore();
-                        eprintln!("\r\nlg: quit (Ctrl-A x)");
-                        std::process::exit(i32::from(EXIT_STOPPED));
-                    },
-                )
-            })
-            .map_err(|e| format!("cannot start the console input thread: {e}"))?;
     }
+    let platform = Arc::clone(platform);
+    std::thread::Builder::new()
+        .name("console-input".into())
+        .spawn(move || {
+            terminal::pump_input(
+                interactive,
+                |bytes| platform.console_input(bytes),
+                || {
+                    terminal::restore();
+                    eprintln!("\r\nlg: quit (Ctrl-A x)");
+                    std::process::exit(i32::from(EXIT_STOPPED));
+                },
+            )
+        })
+        .map_err(|e| format!("cannot start the console input thread: {e}"))?;
     Ok(())
 }
 

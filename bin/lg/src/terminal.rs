@@ -86,15 +86,17 @@ impl EscapeFilter {
     }
 }
 
-/// Reads standard input until it ends, handing typed bytes to `deliver`;
-/// calls `quit` when the person presses Ctrl-A x. Runs on its own thread.
-pub fn pump_input(mut deliver: impl FnMut(&[u8]), quit: impl FnOnce()) {
+/// Reads standard input until it ends, handing the bytes to `deliver`.
+/// With `escape_keys`, lg's own keys are taken out, and `quit` is called
+/// when the person presses Ctrl-A x. Runs on its own thread.
+pub fn pump_input(escape_keys: bool, mut deliver: impl FnMut(&[u8]), quit: impl FnOnce()) {
     let mut stdin = std::io::stdin().lock();
     let mut filter = EscapeFilter::default();
     let mut buf = [0u8; 256];
     loop {
         match stdin.read(&mut buf) {
             Ok(0) => return,
+            Ok(n) if !escape_keys => deliver(&buf[..n]),
             Ok(n) => match filter.filter(&buf[..n]) {
                 Keys::ForGuest(bytes) if !bytes.is_empty() => deliver(bytes),
                 Keys::ForGuest(_) => {}

@@ -1,8 +1,13 @@
 //! A 16550A UART, as much of it as Linux's 8250 driver looks at.
 //!
 //! The guest drives it through eight I/O ports. Transmission is instant (the
-//! byte goes straight to the sink), so the transmitter is always empty; the
-//! receiver holds what the user typed until the guest reads it. Linux probes
+//! byte goes straight to the sink), so the transmitter is always empty.
+//! Reception is modelled as a terminal with hardware flow control: what the
+//! user typed waits on lg's side of the cable until the guest raises RTS
+//! (Linux does when a program opens the port), then flows into the chip's
+//! 16-byte receive FIFO as the guest drains it. So keys typed, or a script
+//! piped in, while the kernel is still booting are not lost when the driver
+//! resets the FIFO on start-up: they arrive once someone is listening. Linux probes
 //! the chip before trusting it: it checks the scratch register, that the FIFO
 //! bits read back as a 16550A's, and that loopback mode echoes what it sends,
 //! so all of those behave as the datasheet says.
@@ -35,6 +40,7 @@ const FCR_CLEAR_RX: u8 = 0x02;
 
 const LCR_DLAB: u8 = 0x80;
 
+const MCR_RTS: u8 = 0x02;
 const MCR_LOOPBACK: u8 = 0x10;
 const MCR_MASK: u8 = 0x1f;
 
@@ -46,9 +52,11 @@ const LSR_TX_EMPTY: u8 = 0x40;
 // carrier detect, data set ready, clear to send.
 const MSR_CONNECTED: u8 = 0xb0;
 
-/// How many typed bytes the UART holds for the guest before it drops input,
-/// so a guest that never reads cannot make lg buffer without bound.
+/// How many typed bytes lg holds for the guest before it drops input, so a
+/// guest that never reads cannot make lg buffer without bound.
 const RX_CAPACITY: usize = 64 * 1024;
+/// The 16550A's receive FIFO.
+const FIFO_SIZE: usize = 16;
 
 /// The UART's interrupt line: raising it sends one edge to the guest's
 /// interrupt controller (ISA interrupts are edge-triggered).
@@ -67,7 +75,10 @@ pub struct Uart {
     /// The transmitter-empty interrupt is pending until the guest reads IIR
     /// or writes another byte, as on the real chip.
     tx_empty_pending: bool,
+    /// The chip's receive FIFO: what the guest can read now.
     rx: VecDeque<u8>,
+    /// Typed bytes waiting on lg's side of the cable for RTS and FIFO room.
+    backlog: VecDeque<u8>,
     output: Box<dyn Write + Send>,
     interrupt: Box<dyn InterruptLine>,
 }
@@ -84,6 +95,7 @@ impl Uart {
             fifo_enabled: false,
             tx_empty_pending: false,
             rx: VecDeque::new(),
+            backlog: VecDeque::new(),
             output,
             interrupt,
         }
@@ -120,6 +132,7 @@ impl Uart {
             DATA if self.dlab() => self.divisor as u8,
             DATA => {
                 let byte = self.rx.pop_front().unwrap_or(0);
+                self.refill();
                 self.update_interrupt();
                 byte
             }
@@ -141,6 +154,7 @@ impl Uart {
             LCR => self.line_control,
             MCR => self.modem_control,
             LSR => {
+                self.refill();
                 let ready = if self.rx.is_empty() {
                     0
                 } else {
@@ -169,7 +183,9 @@ impl Uart {
             DATA if self.dlab() => self.divisor = (self.divisor & 0xff00) | u16::from(value),
             DATA => {
                 if self.loopback() {
-                    self.push_input(&[value]);
+                    if self.rx.len() < FIFO_SIZE {
+                        self.rx.push_back(value);
+                    }
                 } else {
                     // A console whose reader went away must not stop the
                     // guest; the byte is simply lost, as on a cut cable.
@@ -195,27 +211,47 @@ impl Uart {
                 self.fifo_enabled = value & FCR_FIFO_ENABLE != 0;
                 if value & FCR_CLEAR_RX != 0 {
                     self.rx.clear();
+                    self.refill();
                 }
             }
             LCR => self.line_control = value,
-            MCR => self.modem_control = value & MCR_MASK,
+            MCR => {
+                self.modem_control = value & MCR_MASK;
+                self.refill();
+                self.update_interrupt();
+            }
             SCR => self.scratch = value,
             // LSR and MSR are read-only; writes to them do nothing.
             _ => {}
         }
     }
 
-    /// Bytes the user typed, to be received by the guest. Input beyond what
-    /// the guest has left unread up to `RX_CAPACITY` is dropped.
+    /// Bytes the user typed, to be received by the guest. Input beyond
+    /// `RX_CAPACITY` bytes that the guest has yet to read is dropped.
     pub fn push_input(&mut self, bytes: &[u8]) {
-        let room = RX_CAPACITY.saturating_sub(self.rx.len());
-        self.rx.extend(bytes.iter().take(room));
+        let room = RX_CAPACITY.saturating_sub(self.backlog.len());
+        self.backlog.extend(bytes.iter().take(room));
+        self.refill();
         self.update_interrupt();
     }
 
     /// Whether the guest has yet to read everything the user typed.
     pub fn has_unread_input(&self) -> bool {
-        !self.rx.is_empty()
+        !self.rx.is_empty() || !self.backlog.is_empty()
+    }
+
+    /// Moves typed bytes into the FIFO while the guest asserts RTS (outside
+    /// loopback, where the cable is disconnected) and the FIFO has room.
+    fn refill(&mut self) {
+        if self.modem_control & MCR_RTS == 0 || self.loopback() {
+            return;
+        }
+        while self.rx.len() < FIFO_SIZE {
+            match self.backlog.pop_front() {
+                Some(byte) => self.rx.push_back(byte),
+                None => break,
+            }
+        }
     }
 }
 
@@ -268,6 +304,7 @@ mod tests {
     #[test]
     fn received_bytes_are_read_in_order_with_an_interrupt() {
         let (mut uart, _, line) = uart();
+        uart.write(MCR, MCR_RTS);
         uart.write(IER, IER_RX_DATA);
         uart.push_input(b"ab");
         assert!(line.0.load(Ordering::SeqCst) >= 1);
@@ -319,6 +356,7 @@ mod tests {
     #[test]
     fn input_is_bounded() {
         let (mut uart, _, _) = uart();
+        uart.write(MCR, MCR_RTS);
         uart.push_input(&vec![b'x'; RX_CAPACITY + 100]);
         let mut count = 0;
         while uart.has_unread_input() {
@@ -326,6 +364,35 @@ mod tests {
             count += 1;
         }
         assert_eq!(count, RX_CAPACITY);
+    }
+
+    #[test]
+    fn typed_bytes_wait_for_rts_and_survive_a_fifo_reset() {
+        let (mut uart, _, _) = uart();
+        uart.push_input(b"typed early");
+        assert_eq!(uart.read(LSR) & LSR_DATA_READY, 0, "no RTS yet");
+        // The driver starts up: it clears the FIFO, then raises RTS.
+        uart.write(IIR_FCR, FCR_FIFO_ENABLE | FCR_CLEAR_RX);
+        uart.write(MCR, MCR_RTS | 0x09);
+        let mut received = Vec::new();
+        while uart.read(LSR) & LSR_DATA_READY != 0 {
+            received.push(uart.read(DATA));
+        }
+        assert_eq!(received, b"typed early");
+    }
+
+    #[test]
+    fn the_fifo_holds_sixteen_bytes_at_a_time() {
+        let (mut uart, _, _) = uart();
+        uart.write(MCR, MCR_RTS);
+        uart.push_input(&[b'y'; 40]);
+        assert_eq!(uart.rx.len(), FIFO_SIZE);
+        uart.read(DATA);
+        assert_eq!(uart.rx.len(), FIFO_SIZE, "a read refills the FIFO");
+        // A reset of the FIFO loses what was in it, not the backlog.
+        uart.write(IIR_FCR, FCR_CLEAR_RX);
+        assert_eq!(uart.rx.len(), FIFO_SIZE);
+        assert_eq!(uart.backlog.len(), 40 - 1 - 2 * FIFO_SIZE);
     }
 
     #[test]
