@@ -1,0 +1,338 @@
+//! `cargo xtask`: the command line over the xtask library.
+//!
+//! Four commands, each one step of lg's story for a newcomer:
+//! `run` boots a guest to a shell (the README's first command), `test` runs
+//! every test (the README's second, and CI's), and `guest` and `testhost`
+//! expose the two pieces those are built on, for when something needs a
+//! closer look. The argument parsing is by hand: four commands with a flag
+//! or two each, where `--` and the words after it must pass through untouched.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use xtask::command::{cargo, run_visible};
+use xtask::testhost::{self, Lg};
+use xtask::{debian, guest, lg_binary, progress, shell, show_path, Error, HostKvm, Kit, TestHost};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+  run [MEM] [-- KERNEL ARGS...]
+        build lg and boot the guest kit to a shell on this terminal
+        (MEM in MiB, default 256); inside the nested test host when this
+        machine's KVM cannot run a stock kernel
+  test [CARGO TEST ARGS...]
+        build lg, the guest kit and the test host, then `cargo test`
+        (default `--workspace --no-fail-fast`): unit tests and the
+        end-to-end tests
+  guest [--kernel FILE --initrd FILE]
+        fetch Debian's cloud kernel and busybox and build the guest kit in
+        target/guest/, or make the kit your own kernel and initramfs
+  testhost [--memory MB] [--timeout SECS] [--file HOST:INSIDE]... [-- CMD...]
+        run CMD in the nested test host (QEMU TCG with nested SVM, a real
+        /dev/kvm, /bin/lg and the kit in /kit) and exit with its status;
+        without CMD, a shell in the test host on this terminal. --file puts
+        a file or directory of this machine into the test host (default
+        limits: 4096 MB, 300 s). One CMD word is a shell command line:
+        -- 'ls /dev/kvm; echo hi'
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "run" => run(rest),
+        "test" => test(rest),
+        "guest" => guest(rest),
+        "testhost" => testhost(rest),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(0)
+        }
+        other => {
+            eprintln!("cargo xtask: unknown command `{other}`\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("cargo xtask {command}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo xtask run [MEM] [-- KERNEL ARGS...]`
+fn run(args: &[String]) -> Result<i32, Error> {
+    let (words, kernel_args) = split_at_dashes(args);
+    let memory = match words {
+        [] => 256,
+        [memory] => parse_number("MEM", memory)?,
+        [_, extra, ..] => {
+            return Err(Error::new(format!(
+                "unexpected `{extra}`: kernel arguments go after `--`"
+            )))
+        }
+    };
+
+    progress("run: building lg (cargo build --release -p lg)");
+    run_visible(cargo().args(["build", "--release", "-p", "lg"]))?;
+    let kit = Kit::prepare()?;
+
+    let host = HostKvm::check();
+    let Some(reason) = host.reason() else {
+        let status = Command::new(lg_binary())
+            .arg("run")
+            .arg(memory.to_string())
+            .arg(&kit.bzimage)
+            .arg(format!("--initrd={}", kit.initrd.display()))
+            .arg("console=ttyS0")
+            .args(kernel_args)
+            .status()
+            .map_err(|e| Error::new(format!("cannot run {}: {e}", show_path(&lg_binary()))))?;
+        return Ok(status.code().unwrap_or(1));
+    };
+
+    progress(format!(
+        "run: {reason}, so the guest boots inside the nested test host \
+         (QEMU emulating AMD SVM, slower than real KVM)."
+    ));
+    testhost::prepare(Lg::Required)?;
+    let mut lg_command = vec![
+        "lg".to_string(),
+        "run".to_string(),
+        memory.to_string(),
+        "/kit/bzImage".to_string(),
+        "--initrd=/kit/initrd.cpio.gz".to_string(),
+        "console=ttyS0".to_string(),
+    ];
+    lg_command.extend(kernel_args.iter().cloned());
+    let status = TestHost::new()
+        .memory_mb(memory.saturating_add(1024).max(4096))
+        .interactive(Some(&shell::join(&lg_command)))
+        .map_err(|e| Error::new(e.to_string()))?;
+    Ok(status.unwrap_or(0))
+}
+
+/// `cargo xtask test [CARGO TEST ARGS...]`
+fn test(args: &[String]) -> Result<i32, Error> {
+    let started = Instant::now();
+    let mut timings: Vec<(&str, Duration)> = Vec::new();
+    let step = |number: usize, title: &'static str| {
+        let now = Instant::now();
+        progress(format!("\n==> [{number}/4] {title}"));
+        move |timings: &mut Vec<(&str, Duration)>| timings.push((title, now.elapsed()))
+    };
+
+    let done = step(1, "building lg: cargo build --release -p lg");
+    run_visible(cargo().args(["build", "--release", "-p", "lg"]))?;
+    done(&mut timings);
+
+    let done = step(
+        2,
+        "guest kit: Debian's cloud kernel and a busybox initramfs",
+    );
+    let kit = Kit::prepare()?;
+    progress(format!(
+        "guest kit: {} ({}) and {}",
+        show_path(&kit.bzimage),
+        kit.kernel_version,
+        show_path(&kit.initrd)
+    ));
+    done(&mut timings);
+
+    let done = step(
+        3,
+        "test host: its kernel and initramfs (busybox, kvm-amd, lg, kit)",
+    );
+    let base = testhost::prepare(Lg::Required)?;
+    progress(format!("test host: {}", show_path(&base.initramfs)));
+    done(&mut timings);
+
+    // --no-fail-fast: one failing test binary must not hide the others'
+    // results, since each e2e binary is a test host boot of its own.
+    let cargo_args: Vec<String> = if args.is_empty() {
+        vec!["--workspace".to_string(), "--no-fail-fast".to_string()]
+    } else {
+        args.to_vec()
+    };
+    let done = step(
+        4,
+        "tests: cargo test (unit tests, then the end-to-end tests)",
+    );
+    let tested = run_visible(cargo().arg("test").args(&cargo_args));
+    done(&mut timings);
+
+    progress("\n==> timings");
+    for (title, took) in &timings {
+        let what = title.split(':').next().unwrap_or(title);
+        progress(format!("    {:>7.1} s  {what}", took.as_secs_f64()));
+    }
+    progress(format!(
+        "    {:>7.1} s  in all",
+        started.elapsed().as_secs_f64()
+    ));
+    tested.map(|()| 0)
+}
+
+/// `cargo xtask guest [--kernel FILE --initrd FILE]`
+fn guest(args: &[String]) -> Result<i32, Error> {
+    let mut kernel: Option<PathBuf> = None;
+    let mut initrd: Option<PathBuf> = None;
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        match flag_name(word) {
+            "--kernel" => kernel = Some(PathBuf::from(flag_value(word, &mut words)?)),
+            "--initrd" => initrd = Some(PathBuf::from(flag_value(word, &mut words)?)),
+            _ => {
+                return Err(Error::new(format!(
+                    "unknown argument `{word}` (flags: --kernel FILE --initrd FILE)"
+                )))
+            }
+        }
+    }
+    let started = Instant::now();
+    let kit = match (kernel, initrd) {
+        (Some(kernel), Some(initrd)) => Kit::install_user(&kernel, &initrd)?,
+        (None, None) => {
+            if !debian::apt_available() {
+                return Err(guest::no_apt());
+            }
+            Kit::build_from_debian(&debian::fetch()?)?
+        }
+        _ => {
+            return Err(Error::new(
+                "--kernel and --initrd go together: the kit is a kernel and its initramfs",
+            ))
+        }
+    };
+    progress(format!(
+        "guest kit: {} ({}) and {} ready in {:.1} s",
+        show_path(&kit.bzimage),
+        kit.kernel_version,
+        show_path(&kit.initrd),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(0)
+}
+
+/// `cargo xtask testhost [--memory MB] [--timeout SECS] [--file HOST:INSIDE]... [-- CMD...]`
+fn testhost(args: &[String]) -> Result<i32, Error> {
+    let mut host = TestHost::new().lg(Lg::Optional).echo(xtask::Echo::Raw);
+    let mut command: Vec<String> = Vec::new();
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        if word == "--" {
+            command.extend(words.by_ref().cloned());
+            break;
+        }
+        if !word.starts_with('-') {
+            command.push(word.clone());
+            command.extend(words.by_ref().cloned());
+            break;
+        }
+        match flag_name(word) {
+            "--memory" => {
+                let value = flag_value(word, &mut words)?;
+                host = host.memory_mb(parse_number("--memory", &value)?);
+            }
+            "--file" => {
+                let value = flag_value(word, &mut words)?;
+                let Some((host_path, inside)) = value.rsplit_once(':') else {
+                    return Err(Error::new(format!(
+                        "--file {value}: give it as HOST_PATH:PATH_IN_TEST_HOST"
+                    )));
+                };
+                if !inside.starts_with('/') {
+                    return Err(Error::new(format!(
+                        "--file {value}: the path in the test host must be absolute"
+                    )));
+                }
+                host = host.file(host_path, inside);
+            }
+            "--timeout" => {
+                let value = flag_value(word, &mut words)?;
+                host = host.timeout(Duration::from_secs(
+                    parse_number("--timeout", &value)?.into(),
+                ));
+            }
+            _ => {
+                return Err(Error::new(format!(
+                    "unknown argument `{word}` \
+                     (flags: --memory MB --timeout SECS --file HOST:INSIDE, then -- CMD)"
+                )))
+            }
+        }
+    }
+
+    let base = testhost::prepare(Lg::Optional)?;
+    if !base.has_lg {
+        progress(format!(
+            "testhost: warning: {} is missing, so this test host has no /bin/lg \
+             (build it with `cargo build --release -p lg`)",
+            show_path(&lg_binary())
+        ));
+    }
+    if command.is_empty() {
+        if !testhost::stdin_is_terminal() {
+            return Err(Error::new(
+                "no command given and stdin is not a terminal: pass the command after `--`",
+            ));
+        }
+        progress("testhost: a shell in the test host on this terminal (`poweroff -f` leaves)");
+        let status = host
+            .interactive(None)
+            .map_err(|e| Error::new(e.to_string()))?;
+        return Ok(status.unwrap_or(0));
+    }
+
+    let run = host
+        .run(&shell::command_line(&command))
+        .map_err(|e| Error::new(e.to_string()))?;
+    progress(format!(
+        "testhost: the command exited with status {} ({:.1} s in all)",
+        run.status,
+        run.elapsed.as_secs_f64()
+    ));
+    Ok(run.status)
+}
+
+/// Splits `A B -- C D` into `[A, B]` and `[C, D]`.
+fn split_at_dashes(args: &[String]) -> (&[String], &[String]) {
+    match args.iter().position(|a| a == "--") {
+        Some(at) => (&args[..at], &args[at + 1..]),
+        None => (args, &[]),
+    }
+}
+
+/// `--flag` of `--flag=value`.
+fn flag_name(word: &str) -> &str {
+    word.split_once('=').map_or(word, |(flag, _)| flag)
+}
+
+/// The value of `--flag=value`, or of `--flag value` (taking the next word).
+fn flag_value<'a>(
+    word: &str,
+    rest: &mut impl Iterator<Item = &'a String>,
+) -> Result<String, Error> {
+    if let Some((_, value)) = word.split_once('=') {
+        return Ok(value.to_string());
+    }
+    rest.next()
+        .cloned()
+        .ok_or_else(|| Error::new(format!("{word} needs a value")))
+}
+
+fn parse_number(what: &str, text: &str) -> Result<u32, Error> {
+    match text.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(Error::new(format!(
+            "{what} must be a positive whole number, not `{text}`"
+        ))),
+    }
+}

@@ -1,0 +1,549 @@
+//! The nested test host: a real KVM inside QEMU, where lg boots stock kernels.
+//!
+//! The machines lg is developed and tested on are VMs whose `/dev/kvm` is
+//! `kvm_pvm`, which cannot run an unmodified kernel. QEMU's TCG emulates AMD
+//! SVM, though, so a Debian kernel booted under `qemu-system-x86_64 -accel tcg
+//! -cpu max` loads `kvm-amd` and has a real `/dev/kvm`. That kernel is the
+//! "test host"; lg runs on it and boots the guest kit. The recipe and its
+//! measurements are in /work/shared/notes/testing-on-these-machines.md.
+//!
+//! The test host's initramfs has two parts. The base (`target/testhost/base.cpio`)
+//! is busybox, KVM's modules, `/bin/lg` with the glibc it links, and the guest
+//! kit under `/kit`; it is repacked when lg or the kit changes, so tests always
+//! test the current lg. Each run appends a tiny second archive holding the
+//! command (`/testcmd`) and any extra files: the kernel unpacks concatenated
+//! archives one after the other.
+//!
+//! A run reads QEMU's serial output line by line, echoes it, and waits for
+//! the markers `/init` prints (`init.sh`). The command's exit status
+//! comes from `LG_TESTHOST_STATUS=`, since QEMU's own says nothing about it.
+//! A hard time limit kills QEMU, so a hung guest fails a test instead of
+//! hanging it.
+//!
+//! The parts: `base` packs the reusable initramfs, `console` reads what the
+//! test host prints, and this file boots QEMU for one run.
+
+mod base;
+mod console;
+
+use std::fmt;
+use std::fs;
+use std::io::IsTerminal;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub use base::{Base, Lg};
+pub use console::Echo;
+
+use crate::command;
+use crate::cpio::Archive;
+use crate::debian;
+use crate::error::Context;
+use crate::guest::Kit;
+use crate::{progress, Error};
+use console::{collect_stderr, read_console, KillOnDrop, Transcript, READY};
+
+/// `quiet`, so the console carries the test's output rather than the test
+/// host's boot; `panic=-1` (with QEMU's `-no-reboot`) so a crash ends the run.
+const TESTHOST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
+
+/// How long QEMU may take to power off after the command's status is in.
+const POWEROFF_GRACE: Duration = Duration::from_secs(30);
+
+/// `target/testhost/`.
+pub fn dir() -> PathBuf {
+    crate::target_dir().join("testhost")
+}
+
+/// A test host to run one command in; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct TestHost {
+    extra_files: Vec<(PathBuf, String)>,
+    timeout: Duration,
+    memory_mb: u32,
+    cpus: u32,
+    echo: Echo,
+    lg: Lg,
+}
+
+impl Default for TestHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a finished run saw.
+#[derive(Debug, Clone)]
+pub struct TestHostRun {
+    /// The command's exit status, from `LG_TESTHOST_STATUS=`.
+    pub status: i32,
+    /// Everything the test host's console printed, with `\r` removed.
+    pub output: String,
+    /// From starting QEMU to `LG_TESTHOST_READY`.
+    pub ready_after: Option<Duration>,
+    /// From starting QEMU to its exit.
+    pub elapsed: Duration,
+}
+
+impl TestHostRun {
+    /// The console lines, for `contains`-style checks.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.output.lines()
+    }
+}
+
+/// Why a run gave no exit status.
+#[derive(Debug, Clone)]
+pub enum TestHostError {
+    /// lg, the kit or the base is missing: the fix is `cargo xtask test`.
+    NotPrepared(Error),
+    /// Packing the run's initramfs or starting QEMU failed.
+    Setup(Error),
+    /// The test host came up without `/dev/kvm`.
+    NoKvm { output: String },
+    /// The time limit passed; QEMU was killed.
+    TimedOut { limit: Duration, output: String },
+    /// QEMU ended without a status marker: the test host crashed or hung up.
+    NoStatus {
+        qemu: String,
+        stderr: String,
+        output: String,
+    },
+}
+
+impl TestHostError {
+    /// Everything the console printed before the failure.
+    pub fn output(&self) -> &str {
+        match self {
+            TestHostError::NotPrepared(_) | TestHostError::Setup(_) => "",
+            TestHostError::NoKvm { output }
+            | TestHostError::TimedOut { output, .. }
+            | TestHostError::NoStatus { output, .. } => output,
+        }
+    }
+}
+
+/// The last lines of a console transcript, to end an error message with.
+fn tail(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().collect();
+    let start = lines.len().saturating_sub(25);
+    lines[start..]
+        .iter()
+        .map(|l| format!("\n    | {l}"))
+        .collect()
+}
+
+impl fmt::Display for TestHostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TestHostError::NotPrepared(e) => write!(f, "the test host is not ready: {e}"),
+            TestHostError::Setup(e) => write!(f, "cannot start the test host: {e}"),
+            TestHostError::NoKvm { output } => write!(
+                f,
+                "the test host has no /dev/kvm (kvm-amd did not load under QEMU's emulated SVM); \
+                 its console ended with:{}",
+                tail(output)
+            ),
+            TestHostError::TimedOut { limit, output } => write!(
+                f,
+                "the test host ran past its {} s limit and was killed; its console ended with:{}",
+                limit.as_secs(),
+                tail(output)
+            ),
+            TestHostError::NoStatus {
+                qemu,
+                stderr,
+                output,
+            } => {
+                write!(
+                    f,
+                    "the test host ended ({qemu}) without reporting the command's exit status, \
+                     so it crashed or powered off early; its console ended with:{}",
+                    tail(output)
+                )?;
+                if !stderr.trim().is_empty() {
+                    write!(f, "\n  QEMU said: {}", stderr.trim())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for TestHostError {}
+
+impl From<Error> for TestHostError {
+    fn from(e: Error) -> Self {
+        TestHostError::Setup(e)
+    }
+}
+
+impl TestHost {
+    /// 4 GiB, 2 CPUs, 300 s, console echoed line by line, lg required.
+    pub fn new() -> Self {
+        TestHost {
+            extra_files: Vec::new(),
+            timeout: Duration::from_secs(300),
+            memory_mb: 4096,
+            cpus: 2,
+            echo: Echo::Lines,
+            lg: Lg::Required,
+        }
+    }
+
+    /// Puts the file or directory `host` at `inside` in the test host.
+    pub fn file(mut self, host: impl Into<PathBuf>, inside: &str) -> Self {
+        self.extra_files.push((host.into(), inside.to_string()));
+        self
+    }
+
+    /// The hard time limit for the whole run, boot included.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = limit;
+        self
+    }
+
+    /// The test host's memory; a guest needs its own size plus some headroom.
+    pub fn memory_mb(mut self, megabytes: u32) -> Self {
+        self.memory_mb = megabytes;
+        self
+    }
+
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus;
+        self
+    }
+
+    pub fn echo(mut self, echo: Echo) -> Self {
+        self.echo = echo;
+        self
+    }
+
+    /// Whether a missing `target/release/lg` stops the run (it does by default).
+    pub fn lg(mut self, lg: Lg) -> Self {
+        self.lg = lg;
+        self
+    }
+
+    /// Boots a test host, runs `shell_command` with `sh` on its console, and
+    /// returns its exit status and everything the console printed.
+    ///
+    /// Uses what `cargo xtask test` prepared (lg, the kit, Debian's kernel)
+    /// and never runs cargo: `cargo test` holds the build directory's lock.
+    pub fn run(&self, shell_command: &str) -> Result<TestHostRun, TestHostError> {
+        let base = self.base()?;
+        self.boot(&base, Some(shell_command), false)
+    }
+
+    /// Boots a test host on this terminal: its console is stdin and stdout,
+    /// with no time limit. Runs `shell_command` if given (its status is
+    /// returned), else an interactive shell (no status).
+    pub fn interactive(&self, shell_command: Option<&str>) -> Result<Option<i32>, TestHostError> {
+        let base = self.base()?;
+        match self.boot(&base, shell_command, true) {
+            Ok(run) => Ok(Some(run.status)),
+            Err(TestHostError::NoStatus { .. }) if shell_command.is_none() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn base(&self) -> Result<Base, TestHostError> {
+        let packages = debian::fetched().map_err(TestHostError::NotPrepared)?;
+        let kit = Kit::existing().map_err(TestHostError::NotPrepared)?;
+        Base::ensure(&packages, &kit, self.lg).map_err(|e| match self.lg {
+            Lg::Required if !crate::lg_binary().is_file() => TestHostError::NotPrepared(e),
+            _ => TestHostError::Setup(e),
+        })
+    }
+
+    fn boot(
+        &self,
+        base: &Base,
+        shell_command: Option<&str>,
+        interactive: bool,
+    ) -> Result<TestHostRun, TestHostError> {
+        if !command::have("qemu-system-x86_64") {
+            return Err(TestHostError::Setup(Error::new(
+                "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)",
+            )));
+        }
+        let _slot = Slot::acquire();
+        let initrd = RunInitrd::create(base, shell_command, &self.extra_files)?;
+
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(["-accel", "tcg", "-cpu", "max"])
+            .args(["-m", &self.memory_mb.to_string()])
+            .args(["-smp", &self.cpus.to_string()])
+            // The recipe's -nographic, spelled out without one side effect:
+            // with graphics off, SeaBIOS writes to the serial port too,
+            // terminal resets (ESC c) included, which would clear the
+            // user's terminal and litter every transcript. The serial port
+            // keeps QEMU's monitor multiplexed in (Ctrl-A X quits).
+            .args(["-display", "none", "-vga", "none", "-serial", "mon:stdio"])
+            .args(["-no-reboot", "-nic", "none"])
+            .arg("-kernel")
+            .arg(&base.bzimage)
+            .arg("-initrd")
+            .arg(&initrd.path)
+            .args(["-append", TESTHOST_CMDLINE])
+            .stdin(if interactive {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // If xtask is killed (a `timeout`, a cancelled CI job), QEMU must not
+        // live on as an orphan burning two CPUs until its own time runs out.
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes the prctl system call, which is async-signal-safe and uses
+        // no memory shared with the parent.
+        unsafe {
+            qemu.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        progress("testhost: booting the test host (QEMU TCG with nested SVM)...");
+        let started = Instant::now();
+        let mut child = KillOnDrop(
+            qemu.spawn()
+                .map_err(|e| Error::new(format!("cannot start qemu-system-x86_64: {e}")))?,
+        );
+        let echo = if interactive { Echo::Raw } else { self.echo };
+        let (lines, stdout_reader) = read_console(&mut child.0, echo)?;
+        let stderr_reader = collect_stderr(&mut child.0, echo == Echo::Raw);
+
+        let limit = (!interactive).then_some(self.timeout);
+        let mut transcript = Transcript::default();
+        let mut timed_out = false;
+        loop {
+            let wait = match (transcript.status, limit) {
+                (Some(_), _) => POWEROFF_GRACE.saturating_sub(transcript.since_status()),
+                (None, Some(limit)) => limit.saturating_sub(started.elapsed()),
+                (None, None) => Duration::from_secs(3600),
+            };
+            match lines.recv_timeout(wait) {
+                Ok(line) => {
+                    if transcript.add(line, started) == Some(READY) {
+                        if let Some(ready) = transcript.ready_after {
+                            progress(format!(
+                                "testhost: ready after {:.1} s",
+                                ready.as_secs_f64()
+                            ));
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    if transcript.status.is_none() && limit.is_some() {
+                        timed_out = true;
+                        break;
+                    }
+                    if transcript.status.is_some() {
+                        // The status is in; QEMU just would not power off.
+                        break;
+                    }
+                }
+            }
+        }
+        let exit = child.finish(if timed_out || transcript.status.is_some() {
+            POWEROFF_GRACE
+        } else {
+            Duration::from_secs(10)
+        });
+        let _ = stdout_reader.join();
+        let stderr = stderr_reader.join().unwrap_or_default();
+        let elapsed = started.elapsed();
+        let output = transcript.lines.join("\n");
+
+        if timed_out {
+            return Err(TestHostError::TimedOut {
+                limit: self.timeout,
+                output,
+            });
+        }
+        if transcript.no_kvm {
+            return Err(TestHostError::NoKvm { output });
+        }
+        match transcript.status {
+            Some(status) => Ok(TestHostRun {
+                status,
+                output,
+                ready_after: transcript.ready_after,
+                elapsed,
+            }),
+            None => Err(TestHostError::NoStatus {
+                qemu: match exit {
+                    Some(status) => format!("QEMU {status}"),
+                    None => "QEMU did not exit and was killed".to_string(),
+                },
+                stderr,
+                output,
+            }),
+        }
+    }
+}
+
+/// A run's initramfs: the base, then the run's own archive. Deleted on drop.
+struct RunInitrd {
+    path: PathBuf,
+}
+
+static RUN_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl RunInitrd {
+    fn create(
+        base: &Base,
+        shell_command: Option<&str>,
+        extra_files: &[(PathBuf, String)],
+    ) -> Result<RunInitrd, Error> {
+        let mut archive = Archive::new();
+        if let Some(script) = shell_command {
+            archive.file("/testcmd", 0o755, format!("{script}\n").as_bytes());
+        }
+        for (host, inside) in extra_files {
+            add_host_path(&mut archive, host, inside)?;
+        }
+        let mut bytes = fs::read(&base.initramfs)
+            .context(|| format!("cannot read {}", base.initramfs.display()))?;
+        // The kernel only looks for the next archive's magic at a 4-byte
+        // boundary; zeros between archives are skipped.
+        while bytes.len() % 4 != 0 {
+            bytes.push(0);
+        }
+        bytes.extend_from_slice(&archive.finish());
+
+        let runs = dir().join("runs");
+        fs::create_dir_all(&runs).context(|| format!("cannot create {}", runs.display()))?;
+        remove_abandoned_runs(&runs);
+        let path = runs.join(format!(
+            "{}-{}.cpio",
+            std::process::id(),
+            RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::write(&path, bytes).context(|| format!("cannot write {}", path.display()))?;
+        Ok(RunInitrd { path })
+    }
+}
+
+impl Drop for RunInitrd {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Removes run initramfs left by processes that died without cleaning up
+/// (a killed `cargo test`), which would otherwise pile up at ~40 MB each.
+/// Names are `<pid>-<n>.cpio`; a run whose process is alive is left alone.
+fn remove_abandoned_runs(runs: &Path) {
+    let Ok(entries) = fs::read_dir(runs) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((pid, _)) = name.split_once('-') else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Adds a file, symlink or directory tree from this machine at `inside`.
+fn add_host_path(archive: &mut Archive, host: &Path, inside: &str) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::symlink_metadata(host)
+        .context(|| format!("cannot add {} to the test host", host.display()))?;
+    let mode = meta.permissions().mode();
+    if meta.file_type().is_symlink() {
+        let target =
+            fs::read_link(host).context(|| format!("cannot read link {}", host.display()))?;
+        archive.symlink(inside, &target.to_string_lossy());
+    } else if meta.is_dir() {
+        archive.dir(inside, mode);
+        let mut entries: Vec<_> = fs::read_dir(host)
+            .context(|| format!("cannot list {}", host.display()))?
+            .filter_map(|e| e.ok())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            add_host_path(
+                archive,
+                &entry.path(),
+                &format!("{}/{name}", inside.trim_end_matches('/')),
+            )?;
+        }
+    } else if meta.is_file() {
+        let bytes = fs::read(host).context(|| format!("cannot read {}", host.display()))?;
+        archive.file(inside, mode, &bytes);
+    } else {
+        return Err(Error::new(format!(
+            "{} is neither a file, a directory nor a symlink, so it cannot go into the test host",
+            host.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A place in the queue of test hosts: each one is an emulated machine that
+/// keeps `-smp` host CPUs busy, so running more than the machine has cores
+/// only makes every run slower (and nearer its time limit).
+struct Slot;
+
+static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+impl Slot {
+    fn acquire() -> Slot {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let limit = (cores / 2).max(1);
+        let (count, freed) = &SLOTS;
+        let mut running = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= limit {
+            running = freed.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+        *running += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (count, freed) = &SLOTS;
+        let mut running = count.lock().unwrap_or_else(|e| e.into_inner());
+        *running = running.saturating_sub(1);
+        freed.notify_one();
+    }
+}
+
+/// Whether stdin is a terminal, for choosing the interactive test host.
+pub fn stdin_is_terminal() -> bool {
+    std::io::stdin().is_terminal()
+}
+
+/// Prepares everything a test host needs from this machine: the guest kit,
+/// Debian's kernel and busybox, and the base (lg as `lg` says).
+pub fn prepare(lg: Lg) -> Result<Base, Error> {
+    command::ensure_debian_packages(&[("qemu-system-x86_64", "qemu-system-x86")])?;
+    let kit = Kit::prepare()?;
+    let packages = if debian::apt_available() {
+        debian::fetch()?
+    } else {
+        debian::fetched().map_err(|_| {
+            Error::new(
+                "the test host boots Debian's cloud kernel and its kvm-amd module, \
+                 and this machine has no apt-get to fetch them",
+            )
+        })?
+    };
+    Base::ensure(&packages, &kit, lg)
+}
