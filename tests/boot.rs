@@ -6,7 +6,9 @@
 //! `lgtest=reboot` that a reset ends lg as cleanly as a power-off does;
 //! `--cpus=2` that a second vCPU comes up (the guest counts them); and a
 //! guest at its interactive shell that what is piped into lg's standard input
-//! is typed into the guest's console.
+//! is typed into the guest's console. Then the ways a guest ends: a kernel
+//! panic (reported through pvpanic, status 4), and `poweroff` and `reboot`
+//! without `-f`, through the guest's init as a distribution would.
 
 use std::sync::OnceLock;
 
@@ -18,14 +20,18 @@ fn test_host() -> &'static TestHostRun {
     let run = RUN.get_or_init(|| {
         let body = format!(
             "lg_case poweroff {}\nlg_case reboot {}\nlg_case smp {}\n\
-             printf 'echo LG_TYPED_$((6 * 7))\\npoweroff -f\\n' | lg_case typed {}\n",
+             printf 'echo LG_TYPED_$((6 * 7))\\npoweroff -f\\n' | lg_case typed {}\n\
+             lg_case panic {}\nlg_case shutdown {}\nlg_case restart {}\n",
             boot_kit(256, "lgtest=poweroff"),
             boot_kit(256, "lgtest=reboot"),
             boot_kit(256, "lgtest=nproc").replacen("run ", "run --cpus=2 ", 1),
             boot_kit(256, "quiet"),
+            boot_kit(256, "lgtest=panic"),
+            boot_kit(256, "lgtest=shutdown"),
+            boot_kit(256, "lgtest=restart"),
         );
         TestHost::new()
-            .timeout(test_host_limit(4, 0))
+            .timeout(test_host_limit(7, 0))
             .run(&script(&body))
             .map_err(|e| e.to_string())
     });
@@ -79,12 +85,13 @@ fn reboot_in_the_guest_ends_lg_with_status_0() {
 
 #[test]
 fn the_test_host_reports_lgs_status() {
-    // The script exits with the first failing lg's status, so a run of only
-    // clean guests reports 0: the status path from lg to here works.
+    // The script exits with the first non-zero lg status, and every guest
+    // before the panic ends with 0: so the test host's status is the panic's
+    // 4, which shows lg's status travels from the test host to here.
     let run = test_host();
     assert_eq!(
-        run.status, 0,
-        "the script's status should be lg's (0 for both guests)"
+        run.status, 4,
+        "the script's status should be the first non-zero lg status (the panic's)"
     );
 }
 
@@ -116,4 +123,39 @@ fn what_is_piped_into_lg_is_typed_into_the_guest() {
         "the piped `poweroff -f` should end lg with 0\n{}",
         typed.describe()
     );
+}
+
+#[test]
+fn a_kernel_panic_ends_lg_with_the_panic_status() {
+    let panic = case(&test_host().output, "panic");
+    assert!(
+        panic.printed("Kernel panic"),
+        "the guest should have panicked (echo c > /proc/sysrq-trigger)\n{}",
+        panic.describe()
+    );
+    assert!(
+        panic.printed("lg: the guest kernel panicked"),
+        "lg should say the guest panicked\n{}",
+        panic.describe()
+    );
+    assert_eq!(
+        panic.status,
+        Some(4),
+        "a panic ends lg with status 4\n{}",
+        panic.describe()
+    );
+}
+
+#[test]
+fn poweroff_and_reboot_through_init_end_lg_with_status_0() {
+    for name in ["shutdown", "restart"] {
+        let run = case(&test_host().output, name);
+        assert!(run.printed("LG_GUEST_INIT_OK"), "{}", run.describe());
+        assert_eq!(
+            run.status,
+            Some(0),
+            "`{name}` through init\n{}",
+            run.describe()
+        );
+    }
 }

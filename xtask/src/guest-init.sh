@@ -10,14 +10,26 @@
 #   lgtest=reboot      reset at once (reboot -f)
 #   lgtest=meminfo     print LG_MEMTOTAL_KB=<MemTotal in kB>, power off
 #   lgtest=nproc       print LG_NPROC=<CPUs online>, power off
+#   lgtest=lspci       print each PCI device as LG_PCI <slot> <class> <vendor>:<device>, power off
+#   lgtest=panic       panic the kernel (echo c > /proc/sysrq-trigger)
+#   lgtest=shutdown    power off as a distribution would, through init (poweroff, no -f)
+#   lgtest=restart     reboot as a distribution would, through init (reboot, no -f)
 #   anything else      a busybox shell on the console; leaving it powers off
+# When the kernel's console is hvc0 (console=hvc0), init also writes
+# LG_HVC0_OK straight to /dev/hvc0 once the virtio console is up, and runs
+# the shell there.
 # PID 1 must never exit (the kernel would panic), so every path ends in poweroff -f.
+# Like a real init, it takes busybox's poweroff (SIGUSR2), halt (SIGUSR1) and
+# reboot (SIGTERM) requests.
 
 /bin/busybox --install -s /bin
 export PATH=/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+
+trap 'poweroff -f' USR1 USR2
+trap 'reboot -f' TERM
 
 echo LG_GUEST_INIT_OK
 
@@ -35,6 +47,13 @@ report() {
 	echo "<1>$1" >/dev/kmsg 2>/dev/null
 }
 
+# console=hvc0: the virtio console exists only now that its module is
+# loaded, so init moves its own input and output there.
+if grep -q 'console=hvc0' /proc/cmdline && [ -c /dev/hvc0 ]; then
+	exec </dev/hvc0 >/dev/hvc0 2>&1
+	echo LG_HVC0_OK
+fi
+
 case "$lgtest" in
 poweroff)
 	poweroff -f
@@ -50,6 +69,26 @@ nproc)
 	report "LG_NPROC=$(nproc)"
 	poweroff -f
 	;;
+lspci)
+	for dev in /sys/bus/pci/devices/*; do
+		report "LG_PCI ${dev##*/} $(cat "$dev/class") $(cat "$dev/vendor"):$(cat "$dev/device")"
+	done
+	command -v lspci >/dev/null && lspci 2>&1 | sed "s/^/LG_LSPCI /"
+	poweroff -f
+	;;
+panic)
+	echo c >/proc/sysrq-trigger
+	;;
+shutdown)
+	poweroff
+	sleep 60 &
+	wait
+	;;
+restart)
+	reboot
+	sleep 60 &
+	wait
+	;;
 esac
 
 echo "lg guest: busybox shell on the console; \`poweroff -f\` to leave"
@@ -57,5 +96,8 @@ cd /root
 # cttyhack opens the real console device (ttyS0) as the shell's controlling
 # terminal, which /dev/console cannot be: that is what makes Ctrl-C and job
 # control work.
-PS1='guest# ' setsid cttyhack sh
+# In the background with `wait`, so the traps above run as soon as a
+# request arrives (a shell defers traps while a foreground child runs).
+PS1='guest# ' setsid cttyhack sh &
+wait
 poweroff -f

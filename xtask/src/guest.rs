@@ -26,8 +26,10 @@ use crate::{progress, show_path, Error};
 /// The guest's `/init`.
 const GUEST_INIT: &str = include_str!("guest-init.sh");
 
-/// The virtio drivers, in the order they depend on each other.
-const GUEST_MODULES: [&str; 11] = [
+/// The drivers the cloud kernel builds as modules, in the order they depend
+/// on each other: virtio (PCI transport, then the devices), and pvpanic,
+/// through which a panicking guest tells lg.
+const GUEST_MODULES: [&str; 13] = [
     "virtio_ring",
     "virtio",
     "virtio_pci_modern_dev",
@@ -39,6 +41,8 @@ const GUEST_MODULES: [&str; 11] = [
     "net_failover",
     "virtio_net",
     "virtio-rng",
+    "pvpanic",
+    "pvpanic-mmio",
 ];
 
 /// The first line of `kit.stamp` for a kit made of the user's own files.

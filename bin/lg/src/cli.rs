@@ -38,7 +38,8 @@ pub enum Command {
         "lg refused to start: bad input, or a host that cannot run the guest"
     ),
     error_code(2, "the guest crashed (a triple fault) or a vCPU failed"),
-    error_code(3, "the user stopped lg: Ctrl-A x, SIGINT, SIGTERM or SIGHUP")
+    error_code(3, "the user stopped lg: Ctrl-A x, SIGINT, SIGTERM or SIGHUP"),
+    error_code(4, "the guest kernel panicked (reported through pvpanic)")
 )]
 pub struct Run {
     /// an initial RAM disk for the kernel: --initrd=FILE

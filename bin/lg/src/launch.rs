@@ -10,13 +10,18 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bzimage_loader::{KernelImage, LoadOptions};
+use hvc_console::{ConsoleInput, VirtioConsole};
+use pci::{BarAllocator, PciBus};
 use shadow_mmu::GuestMemory;
+use switcher::irq::MsiRouting;
 use switcher::{EntryState, ExitStats, GuestEnd, Vm};
+use virtio_pci::{TransportHooks, VirtioDevice, VirtioPciDevice};
 
 use crate::cli::Run;
+use crate::hooks::{KvmHooks, KvmIntx};
 use crate::platform::{IsaIrq, Platform};
 use crate::terminal;
 
@@ -28,6 +33,11 @@ pub const EXIT_REFUSED: u8 = 1;
 pub const EXIT_GUEST_CRASHED: u8 = 2;
 /// The user stopped lg.
 pub const EXIT_STOPPED: u8 = 3;
+/// The guest kernel panicked.
+pub const EXIT_GUEST_PANICKED: u8 = 4;
+
+/// Where the bytes typed at lg's terminal go: the console the guest uses.
+type KeysSink = Box<dyn Fn(&[u8]) + Send>;
 
 /// The smallest guest lg will try: below this no x86-64 kernel fits.
 const MIN_MEMORY_MIB: u64 = 2;
@@ -58,14 +68,13 @@ struct PreparedGuest {
     memory: Arc<GuestMemory>,
     entry: EntryState,
     cpus: u8,
+    console: ConsoleDevice,
 }
 
 /// Checks the user's input by loading the guest into fresh memory.
 fn prepare(args: &Run) -> Result<PreparedGuest, String> {
     let memory_mib = parse_memory(&args.memory)?;
-    if args.cpus == 0 {
-        return Err("--cpus=0: a guest needs at least one vCPU".into());
-    }
+    check_cpus(args.cpus, online_cpus())?;
     let kernel_path = Path::new(&args.kernel);
     let kernel = KernelImage::open(kernel_path).map_err(|e| e.to_string())?;
     log::info!("kernel {}: {:?}", args.kernel, kernel.kind());
@@ -74,7 +83,7 @@ fn prepare(args: &Run) -> Result<PreparedGuest, String> {
         .map_err(|e| format!("cannot give the guest {memory_mib} MiB: {e}"))?;
     let rsdp = acpi::write_tables(&memory, &acpi::AcpiConfig { vcpus: args.cpus })
         .map_err(|e| format!("cannot build the ACPI tables: {e}"))?;
-    let cmdline = args.kernel_args.join(" ");
+    let (cmdline, console) = kernel_command_line(&args.kernel_args);
     let options = LoadOptions {
         cmdline: &cmdline,
         initrd: args.initrd.as_deref().map(Path::new),
@@ -95,7 +104,61 @@ fn prepare(args: &Run) -> Result<PreparedGuest, String> {
             page_table_root: boot.page_table_root,
         },
         cpus: args.cpus,
+        console,
     })
+}
+
+/// Which of the guest's consoles lg's terminal is connected to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConsoleDevice {
+    /// The 16550 UART, ttyS0.
+    Serial,
+    /// The virtio console, hvc0.
+    Hvc,
+}
+
+/// The console lg names when the user names none: the UART, which every
+/// x86 kernel can print to from its first instruction, before any module
+/// (such as a distribution kernel's virtio_console) is loaded.
+const DEFAULT_CONSOLE: &str = "console=ttyS0";
+
+/// The kernel's command line from the user's words, and the console that
+/// lg's terminal types into: the kernel's own `/dev/console` is the last
+/// `console=` given, so that is the one a person is talking to.
+fn kernel_command_line(words: &[String]) -> (String, ConsoleDevice) {
+    let last_console = words.iter().rev().find_map(|w| w.strip_prefix("console="));
+    let console = match last_console {
+        Some(name) if name.starts_with("hvc") => ConsoleDevice::Hvc,
+        _ => ConsoleDevice::Serial,
+    };
+    let mut cmdline = words.join(" ");
+    if last_console.is_none() {
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(DEFAULT_CONSOLE);
+    }
+    (cmdline, console)
+}
+
+/// The host's online CPUs: more vCPUs than that would only take turns.
+fn online_cpus() -> u64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 on error.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    u64::try_from(online).unwrap_or(1).max(1)
+}
+
+/// `--cpus=N`: 1 up to the host's online CPUs.
+fn check_cpus(cpus: u8, online: u64) -> Result<(), String> {
+    if cpus == 0 {
+        return Err("--cpus=0: a guest needs at least one vCPU".into());
+    }
+    if u64::from(cpus) > online {
+        return Err(format!(
+            "--cpus={cpus}: this host has {online} online CPU(s), and a guest may have at most that many"
+        ));
+    }
+    Ok(())
 }
 
 /// Parses MEM_MB, lguest's first argument: guest RAM in MiB.
@@ -154,9 +217,30 @@ fn boot(guest: PreparedGuest) -> u8 {
         vm: Arc::clone(vm.fd()),
         irq: hcall_abi::layout::COM1_IRQ,
     });
-    let platform = Arc::new(Platform::new(Box::new(std::io::stdout()), uart_irq));
+    let hvc_input = match ConsoleInput::new() {
+        Ok(input) => input,
+        Err(e) => {
+            eprintln!("lg: cannot set up the virtio console: {e}");
+            return EXIT_REFUSED;
+        }
+    };
+    let bus = match pci_devices(&vm, Arc::clone(&hvc_input)) {
+        Ok(bus) => bus,
+        Err(message) => {
+            eprintln!("lg: {message}");
+            return EXIT_REFUSED;
+        }
+    };
+    let platform = Arc::new(Platform::new(Box::new(std::io::stdout()), uart_irq, bus));
 
-    if let Err(message) = start_control_threads(&platform) {
+    let typed_into: KeysSink = match guest.console {
+        ConsoleDevice::Serial => {
+            let platform = Arc::clone(&platform);
+            Box::new(move |bytes| platform.console_input(bytes))
+        }
+        ConsoleDevice::Hvc => Box::new(move |bytes| hvc_input.push(bytes)),
+    };
+    if let Err(message) = start_control_threads(typed_into) {
         eprintln!("lg: {message}");
         return EXIT_REFUSED;
     }
@@ -173,6 +257,10 @@ fn boot(guest: PreparedGuest) -> u8 {
             log::info!("the guest rebooted; lg ends, as lguest did");
             EXIT_GUEST_ENDED
         }
+        GuestEnd::Panic => {
+            eprintln!("lg: the guest kernel panicked");
+            EXIT_GUEST_PANICKED
+        }
         GuestEnd::Crash(why) => {
             eprintln!("lg: {why}");
             EXIT_GUEST_CRASHED
@@ -180,10 +268,57 @@ fn boot(guest: PreparedGuest) -> u8 {
     }
 }
 
+/// The PCI bus and its devices: the host bridge, and the virtio console.
+/// Each device gets the next slot, a BAR in the MMIO hole, and the INTx
+/// line the DSDT's `_PRT` gives that slot.
+fn pci_devices(vm: &Vm, hvc_input: Arc<ConsoleInput>) -> Result<PciBus, String> {
+    let routing = MsiRouting::new(Arc::clone(vm.fd()));
+    let hooks: Arc<dyn TransportHooks> = Arc::new(KvmHooks {
+        vm: Arc::clone(vm.fd()),
+        routing,
+    });
+    let mut bus = PciBus::new();
+    let mut bars = BarAllocator::new();
+    let devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(VirtioConsole::new(
+        Box::new(std::io::stdout()),
+        hvc_input,
+    ))];
+    for (index, device) in devices.into_iter().enumerate() {
+        // Slot 0 is the host bridge; devices follow in order.
+        let slot = index as u8 + 1;
+        let gsi = hcall_abi::layout::pci_intx_gsi(slot, 0);
+        let bar = bars
+            .allocate(virtio_pci::BAR_SIZE)
+            .map_err(|e| format!("cannot place a PCI device: {e}"))?;
+        let intx = Box::new(KvmIntx {
+            vm: Arc::clone(vm.fd()),
+            gsi,
+        });
+        let function = VirtioPciDevice::new(
+            device,
+            Arc::clone(vm.memory()),
+            bar,
+            Arc::clone(&hooks),
+            intx,
+            gsi as u8,
+        )
+        .map_err(|e| format!("cannot set up a virtio device: {e}"))?;
+        let placed = bus
+            .add(Arc::new(Mutex::new(function)))
+            .map_err(|e| format!("cannot add a PCI device: {e}"))?;
+        if placed != slot {
+            return Err(format!(
+                "PCI slot {placed} was given where lg expected {slot}"
+            ));
+        }
+    }
+    Ok(bus)
+}
+
 /// Starts the threads that serve the person rather than the guest: terminal
-/// input, and the signals that stop lg. A panic anywhere restores the
-/// terminal before the message is printed.
-fn start_control_threads(platform: &Arc<Platform>) -> Result<(), String> {
+/// input (handed to `typed_into`), and the signals that stop lg. A panic
+/// anywhere restores the terminal before the message is printed.
+fn start_control_threads(typed_into: KeysSink) -> Result<(), String> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         terminal::restore();
@@ -220,13 +355,12 @@ fn start_control_threads(platform: &Arc<Platform>) -> Result<(), String> {
         terminal::enter_raw_mode()
             .map_err(|e| format!("cannot put the terminal in raw mode: {e}"))?;
     }
-    let platform = Arc::clone(platform);
     std::thread::Builder::new()
         .name("console-input".into())
         .spawn(move || {
             terminal::pump_input(
                 interactive,
-                |bytes| platform.console_input(bytes),
+                |bytes| typed_into(bytes),
                 || {
                     terminal::restore();
                     eprintln!("\r\nlg: quit (Ctrl-A x)");
@@ -241,6 +375,45 @@ fn start_control_threads(platform: &Arc<Platform>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn lg_adds_a_serial_console_only_when_none_is_named() {
+        assert_eq!(
+            kernel_command_line(&words("root=/dev/vda")),
+            (
+                "root=/dev/vda console=ttyS0".to_string(),
+                ConsoleDevice::Serial
+            )
+        );
+        assert_eq!(
+            kernel_command_line(&[]),
+            ("console=ttyS0".to_string(), ConsoleDevice::Serial)
+        );
+        assert_eq!(
+            kernel_command_line(&words("console=hvc0 quiet")),
+            ("console=hvc0 quiet".to_string(), ConsoleDevice::Hvc)
+        );
+    }
+
+    #[test]
+    fn the_last_console_named_is_the_one_typed_into() {
+        let (_, console) = kernel_command_line(&words("console=hvc0 console=ttyS0"));
+        assert_eq!(console, ConsoleDevice::Serial);
+        let (_, console) = kernel_command_line(&words("console=ttyS0,115200 console=hvc0"));
+        assert_eq!(console, ConsoleDevice::Hvc);
+    }
+
+    #[test]
+    fn vcpus_range_from_one_to_the_online_cpus() {
+        assert!(check_cpus(0, 4).unwrap_err().contains("--cpus=0"));
+        assert_eq!(check_cpus(1, 1), Ok(()));
+        assert_eq!(check_cpus(4, 4), Ok(()));
+        assert!(check_cpus(5, 4).unwrap_err().contains("--cpus=5"));
+    }
 
     #[test]
     fn memory_must_be_a_sensible_number_of_mib() {

@@ -9,17 +9,20 @@
 //! - [`cli`]: the command line (`lg run 64 bzImage root=/dev/vda`).
 //! - [`launch`]: the order things happen in, from the kernel file to
 //!   `KVM_RUN` and the exit status.
-//! - [`platform`]: the devices on the guest's I/O ports, and the switch that
-//!   routes each exit to one of them.
+//! - [`platform`]: the devices on the guest's I/O ports and the PCI bus, and
+//!   the switch that routes each exit to one of them.
+//! - [`hooks`]: how the virtio transport reaches KVM (MSI vectors, INTx,
+//!   queue doorbells).
 //! - [`terminal`]: the person's terminal: raw mode for typing into the guest,
 //!   and putting it back however lg ends.
 //!
 //! Exit statuses (also in `lg run --help`): 0 the guest powered off or
 //! rebooted; 1 lg refused to start (bad input, or a host that cannot run the
 //! guest); 2 the guest crashed or a vCPU failed; 3 the user stopped lg
-//! (Ctrl-A x, or a signal).
+//! (Ctrl-A x, or a signal); 4 the guest kernel panicked.
 
 mod cli;
+mod hooks;
 mod launch;
 mod platform;
 mod terminal;

@@ -2,8 +2,9 @@
 //! exit to one of them.
 //!
 //! This is the machine's "southbridge": the serial port for the console, the
-//! CMOS clock, ACPI's power-off and reset registers, and the keyboard
-//! controller's reset line. KVM already answers the interrupt controllers and
+//! CMOS clock, ACPI's power-off and reset registers, the keyboard
+//! controller's reset line, pvpanic, and the PCI bus (its configuration
+//! ports, and the BARs of its devices in the MMIO hole). KVM already answers the interrupt controllers and
 //! the timer in the kernel, so what reaches this table is only what lg
 //! itself emulates, plus whatever the guest pokes at that nothing answers:
 //! such a read sees all ones, as on a real bus with nothing on it, and is
@@ -17,10 +18,12 @@ use cmos_rtc::CmosRtc;
 use hcall_abi::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
     ACPI_SLEEP_ENABLE, ACPI_SLEEP_STATUS_PORT, CF9_RESET_BIT, CF9_RESET_PORT, COM1_PORT,
-    COM1_PORT_COUNT, I8042_COMMAND_PORT, I8042_RESET_COMMAND,
+    COM1_PORT_COUNT, I8042_COMMAND_PORT, I8042_RESET_COMMAND, PCI_CONFIG_ADDRESS_PORT,
+    PCI_CONFIG_DATA_PORT, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, PVPANIC_PORT,
 };
 use hvc_console::{InterruptLine, Uart};
 use kvm_ioctls::VmFd;
+use pci::PciBus;
 use switcher::{ExitHandler, GuestEnd, PortAction};
 
 /// An ISA interrupt line on KVM's in-kernel PIC and IO-APIC. ISA lines are
@@ -42,6 +45,7 @@ impl InterruptLine for IsaIrq {
 /// lg's own legacy devices.
 pub struct Platform {
     uart: Mutex<Uart>,
+    pci: Mutex<PciBus>,
     rtc: Mutex<CmosRtc>,
     /// Ports and addresses already reported as unanswered, so each is
     /// logged once however often the guest touches it.
@@ -57,9 +61,14 @@ fn lock<T>(device: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Platform {
     /// The platform for a guest whose serial output goes to `console` and
     /// whose UART interrupts go to `uart_irq` (COM1's line, IRQ 4).
-    pub fn new(console: Box<dyn Write + Send>, uart_irq: Box<dyn InterruptLine>) -> Platform {
+    pub fn new(
+        console: Box<dyn Write + Send>,
+        uart_irq: Box<dyn InterruptLine>,
+        pci: PciBus,
+    ) -> Platform {
         Platform {
             uart: Mutex::new(Uart::new(console, uart_irq)),
+            pci: Mutex::new(pci),
             rtc: Mutex::new(CmosRtc::new()),
             reported: Mutex::new(HashSet::new()),
         }
@@ -82,6 +91,11 @@ fn is_com1(port: u16) -> bool {
     (COM1_PORT..COM1_PORT + COM1_PORT_COUNT).contains(&port)
 }
 
+/// CONFIG_ADDRESS and CONFIG_DATA: ports 0xcf8 to 0xcff.
+fn is_pci_config(port: u16) -> bool {
+    (PCI_CONFIG_ADDRESS_PORT..PCI_CONFIG_DATA_PORT + 4).contains(&port)
+}
+
 impl ExitHandler for Platform {
     fn port_in(&self, port: u16, data: &mut [u8]) {
         data.fill(0xff);
@@ -90,7 +104,10 @@ impl ExitHandler for Platform {
         };
         match port {
             p if is_com1(p) => *first = lock(&self.uart).read((p - COM1_PORT) as u8),
+            p if is_pci_config(p) => lock(&self.pci).port_read(p, data),
             cmos_rtc::INDEX_PORT | cmos_rtc::DATA_PORT => *first = lock(&self.rtc).read(port),
+            // pvpanic: which events lg understands.
+            PVPANIC_PORT => *first = PVPANIC_PANICKED | PVPANIC_CRASH_LOADED,
             // Never asleep: the guest is running if it can read this.
             ACPI_SLEEP_STATUS_PORT => *first = 0,
             _ => self.report_once("port", u64::from(port), false),
@@ -111,12 +128,18 @@ impl ExitHandler for Platform {
                 }
                 log::info!("guest asked for ACPI sleep type {sleep_type}, which lg does not offer");
             }
+            PVPANIC_PORT if value & (PVPANIC_PANICKED | PVPANIC_CRASH_LOADED) != 0 => {
+                return PortAction::End(GuestEnd::Panic);
+            }
             ACPI_RESET_PORT if value == ACPI_RESET_VALUE => {
                 return PortAction::End(GuestEnd::Reboot)
             }
-            CF9_RESET_PORT if value & CF9_RESET_BIT != 0 => {
+            // A single byte at 0xcf9 is the reset register, inside the PCI
+            // configuration ports' range; wider accesses there are PCI's.
+            CF9_RESET_PORT if data.len() == 1 && value & CF9_RESET_BIT != 0 => {
                 return PortAction::End(GuestEnd::Reboot)
             }
+            p if is_pci_config(p) => lock(&self.pci).port_write(p, data),
             I8042_COMMAND_PORT if value == I8042_RESET_COMMAND => {
                 return PortAction::End(GuestEnd::Reboot)
             }
@@ -129,12 +152,24 @@ impl ExitHandler for Platform {
     }
 
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
-        data.fill(0xff);
-        self.report_once("MMIO address", addr, false);
+        // The bus lock is held only to find the device; the access itself
+        // takes only that device's lock.
+        let target = lock(&self.pci).mmio_target(addr, data.len());
+        match target {
+            Some(bar) => bar.read(data),
+            None => {
+                data.fill(0xff);
+                self.report_once("MMIO address", addr, false);
+            }
+        }
     }
 
-    fn mmio_write(&self, addr: u64, _data: &[u8]) -> PortAction {
-        self.report_once("MMIO address", addr, true);
+    fn mmio_write(&self, addr: u64, data: &[u8]) -> PortAction {
+        let target = lock(&self.pci).mmio_target(addr, data.len());
+        match target {
+            Some(bar) => bar.write(data),
+            None => self.report_once("MMIO address", addr, true),
+        }
         PortAction::Continue
     }
 }
@@ -162,7 +197,10 @@ mod tests {
 
     fn platform() -> (Platform, Sink) {
         let sink = Sink::default();
-        (Platform::new(Box::new(sink.clone()), Box::new(NoIrq)), sink)
+        (
+            Platform::new(Box::new(sink.clone()), Box::new(NoIrq), PciBus::new()),
+            sink,
+        )
     }
 
     #[test]
@@ -203,6 +241,36 @@ mod tests {
     }
 
     #[test]
+    fn a_pvpanic_event_ends_the_guest_as_a_panic() {
+        let (platform, _) = platform();
+        let mut offered = [0u8];
+        platform.port_in(PVPANIC_PORT, &mut offered);
+        assert_eq!(offered[0], PVPANIC_PANICKED | PVPANIC_CRASH_LOADED);
+        assert_eq!(platform.port_out(PVPANIC_PORT, &[0]), PortAction::Continue);
+        assert_eq!(
+            platform.port_out(PVPANIC_PORT, &[PVPANIC_PANICKED]),
+            PortAction::End(GuestEnd::Panic)
+        );
+    }
+
+    #[test]
+    fn the_pci_host_bridge_answers_on_the_configuration_ports() {
+        let (platform, _) = platform();
+        platform.port_out(PCI_CONFIG_ADDRESS_PORT, &0x8000_0000u32.to_le_bytes());
+        let mut id = [0u8; 4];
+        platform.port_in(PCI_CONFIG_DATA_PORT, &mut id);
+        assert_eq!(
+            u16::from_le_bytes([id[0], id[1]]),
+            pci::HOST_BRIDGE_VENDOR_ID
+        );
+        // A byte write of the reset bit at 0xcf9 still reboots.
+        assert_eq!(
+            platform.port_out(CF9_RESET_PORT, &[0x06]),
+            PortAction::End(GuestEnd::Reboot)
+        );
+    }
+
+    #[test]
     fn serial_output_reaches_the_console() {
         let (platform, sink) = platform();
         for byte in b"ok" {
@@ -215,7 +283,7 @@ mod tests {
     fn unanswered_ports_read_all_ones_at_any_width() {
         let (platform, _) = platform();
         let mut data = [0u8; 4];
-        platform.port_in(0xcfc, &mut data);
+        platform.port_in(0x1234, &mut data);
         assert_eq!(data, [0xff; 4]);
         platform.port_in(0x1234, &mut []);
         assert_eq!(platform.port_out(0x1234, &[]), PortAction::Continue);

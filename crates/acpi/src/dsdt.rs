@@ -4,15 +4,24 @@
 //! kernel's interpreter evaluates. lg's namespace is tiny: the `\_S5` package,
 //! which gives the sleep type to write for "soft off" (the kernel will not
 //! offer ACPI power-off without it), and the `\_SB` (system bus) scope with
-//! the one device a kernel cannot discover on its own, COM1. The PCI host
-//! bridge (`PNP0A08`, with its bus, I/O and memory windows) joins `\_SB`
-//! when lg has PCI.
+//! the devices a kernel cannot discover on its own: COM1, the pvpanic port
+//! through which a panicking guest tells lg so, and the PCI host bridge.
+//!
+//! The host bridge matters most: with ACPI, Linux scans PCI only below a
+//! root bridge it finds in the namespace (`PNP0A08`/`PNP0A03`), and takes
+//! the bridge's `_CRS` as the windows where device BARs may live, so lg's
+//! BARs must lie inside it. Its `_PRT` says which IO-APIC input each slot's
+//! INTx pins are wired to, for guests that do not use MSI-X.
 
 use acpi_tables::aml::{
-    Device, EISAName, Interrupt, Name, Package, ResourceTemplate, Scope, IO, ZERO,
+    AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package,
+    ResourceTemplate, Scope, IO, ZERO,
 };
 use acpi_tables::sdt::Sdt;
-use hcall_abi::layout::{ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT};
+use hcall_abi::layout::{
+    pci_intx_gsi, ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT,
+    PCI_CONFIG_ADDRESS_PORT, PCI_MMIO_END, PCI_MMIO_START, PVPANIC_PORT,
+};
 
 use crate::{encode, OEM_ID, OEM_REVISION};
 
@@ -47,7 +56,17 @@ pub(crate) fn build() -> Vec<u8> {
     let com1_uid = Name::new("_UID".into(), &ZERO);
     let com1_crs = Name::new("_CRS".into(), &com1_resources);
     let com1 = Device::new("COM1".into(), vec![&com1_hid, &com1_uid, &com1_crs]);
-    let system_bus = Scope::new("\\_SB_".into(), vec![&com1]);
+
+    // QEMU's pvpanic device: the ACPI id Linux's pvpanic-mmio driver binds
+    // to, with its single I/O port.
+    let pvpanic_io = IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1);
+    let pvpanic_resources = ResourceTemplate::new(vec![&pvpanic_io]);
+    let pvpanic_hid = Name::new("_HID".into(), &"QEMU0001");
+    let pvpanic_crs = Name::new("_CRS".into(), &pvpanic_resources);
+    let pvpanic = Device::new("PEVT".into(), vec![&pvpanic_hid, &pvpanic_crs]);
+
+    let pci = host_bridge();
+    let system_bus = Scope::new("\\_SB_".into(), vec![&com1, &pvpanic, &pci]);
 
     let mut dsdt = Sdt::new(
         *b"DSDT",
@@ -61,4 +80,68 @@ pub(crate) fn build() -> Vec<u8> {
     aml.extend(encode(&system_bus));
     dsdt.append_slice(&aml);
     dsdt.as_slice().to_vec()
+}
+
+/// The PCI root bridge, `\_SB.PCI0`.
+fn host_bridge() -> HostBridge {
+    HostBridge
+}
+
+/// Builds the host bridge's AML on demand: its children borrow one another,
+/// so they are made as locals inside `to_aml_bytes`.
+struct HostBridge;
+
+/// Slots on bus 0 that can hold a device (0 is the host bridge itself).
+const PCI_SLOTS: std::ops::RangeInclusive<u32> = 1..=31;
+
+impl acpi_tables::Aml for HostBridge {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        let hid = Name::new("_HID".into(), &EISAName::new("PNP0A08"));
+        let cid = Name::new("_CID".into(), &EISAName::new("PNP0A03"));
+        let adr = Name::new("_ADR".into(), &ZERO);
+        let seg = Name::new("_SEG".into(), &ZERO);
+        let uid = Name::new("_UID".into(), &ZERO);
+        let bbn = Name::new("_BBN".into(), &ZERO);
+
+        // Bus 0 only; the configuration ports the bridge itself decodes; all
+        // other I/O ports pass through it; and the memory window lg
+        // allocates BARs from.
+        let buses = AddressSpace::new_bus_number(0u16, 0u16);
+        let config_ports = IO::new(PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_ADDRESS_PORT, 1, 8);
+        let io_below = AddressSpace::new_io(0u16, PCI_CONFIG_ADDRESS_PORT - 1, None);
+        let io_above = AddressSpace::new_io(PCI_CONFIG_ADDRESS_PORT + 8, 0xffffu16, None);
+        let mmio = AddressSpace::new_memory(
+            AddressSpaceCacheable::NotCacheable,
+            true,
+            PCI_MMIO_START as u32,
+            (PCI_MMIO_END - 1) as u32,
+            None,
+        );
+        let resources =
+            ResourceTemplate::new(vec![&buses, &config_ports, &io_below, &io_above, &mmio]);
+        let crs = Name::new("_CRS".into(), &resources);
+
+        // _PRT: Package { address (slot << 16 | 0xffff: any function),
+        // pin (0 = INTA), source (0: a global interrupt, not a link
+        // device), GSI }.
+        let routes: Vec<(u32, u8, u32)> = PCI_SLOTS
+            .flat_map(|slot| {
+                (0..4u8).map(move |pin| ((slot << 16) | 0xffff, pin, pci_intx_gsi(slot as u8, pin)))
+            })
+            .collect();
+        let entries: Vec<Package> = routes
+            .iter()
+            .map(|(address, pin, gsi)| Package::new(vec![address, pin, &ZERO, gsi]))
+            .collect();
+        let entry_refs: Vec<&dyn acpi_tables::Aml> =
+            entries.iter().map(|e| e as &dyn acpi_tables::Aml).collect();
+        let prt_package = Package::new(entry_refs);
+        let prt = Name::new("_PRT".into(), &prt_package);
+
+        Device::new(
+            "PCI0".into(),
+            vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs, &prt],
+        )
+        .to_aml_bytes(sink);
+    }
 }

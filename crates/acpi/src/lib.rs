@@ -463,6 +463,17 @@ mod tests {
     }
 
     #[test]
+    fn dsdt_describes_the_pvpanic_port() {
+        let (_mem, tables) = write_and_follow(1);
+        let aml = &tables.dsdt.bytes[HEADER_LEN..];
+        // _HID "QEMU0001", as a string, as Linux's pvpanic-mmio expects.
+        assert!(find(aml, b"_HID\x0dQEMU0001\x00").is_some());
+        // IO(Decode16, 0x505, 0x505, 1, 1)
+        let [lo, hi] = hcall_abi::layout::PVPANIC_PORT.to_le_bytes();
+        assert!(find(aml, &[0x47, 0x01, lo, hi, lo, hi, 0x01, 0x01]).is_some());
+    }
+
+    #[test]
     fn refuses_machines_it_cannot_describe() {
         let mem = GuestMemory::new(64 * MIB).unwrap();
         assert!(matches!(

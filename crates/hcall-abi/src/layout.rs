@@ -49,6 +49,13 @@ pub const MEM_32BIT_GAP_START: u64 = 0xc000_0000;
 pub const MEM_32BIT_GAP_END: u64 = 0x1_0000_0000;
 /// The IO-APIC's MMIO base (KVM's in-kernel IO-APIC sits here).
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+/// Where lg places PCI devices' memory BARs: the 32-bit hole from its start
+/// up to the IO-APIC, so a 32-bit BAR can reach every address in it and no
+/// BAR can cover the APICs above. The ACPI root bridge's `_CRS` describes the
+/// same window, so Linux keeps lg's assignments instead of moving them.
+pub const PCI_MMIO_START: u64 = MEM_32BIT_GAP_START;
+/// The end (exclusive) of the PCI BAR window.
+pub const PCI_MMIO_END: u64 = IOAPIC_ADDR;
 /// The local APIC's MMIO base.
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 /// The TSS KVM needs for real-mode emulation on Intel: three pages just below
@@ -67,6 +74,15 @@ pub const COM1_IRQ: u32 = 4;
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 /// The command that pulses the CPU reset line.
 pub const I8042_RESET_COMMAND: u8 = 0xfe;
+
+/// PCI configuration mechanism #1's address register: a 32-bit write of
+/// enable bit 31, bus, device, function and register selects which
+/// configuration dword `PCI_CONFIG_DATA_PORT` reaches. Only 32-bit accesses
+/// reach it; a byte at 0xcf9 is `CF9_RESET_PORT`.
+pub const PCI_CONFIG_ADDRESS_PORT: u16 = 0xcf8;
+/// PCI configuration mechanism #1's data window: four ports, 0xcfc to 0xcff,
+/// one per byte of the selected configuration dword.
+pub const PCI_CONFIG_DATA_PORT: u16 = 0xcfc;
 
 /// The PCI reset control register (Intel's "port CF9"): Linux's `reboot=pci`
 /// writes 0x06 there; bit 2 starts the reset.
@@ -87,3 +103,26 @@ pub const ACPI_RESET_VALUE: u8 = 0x1;
 pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
 /// The SLP_EN bit of the sleep control register.
 pub const ACPI_SLEEP_ENABLE: u8 = 1 << 5;
+
+/// QEMU's pvpanic port, which stock Linux's `pvpanic-mmio` driver finds
+/// through the DSDT device `QEMU0001`: reading it tells the guest which
+/// events lg understands; the guest writes one of them when it panics.
+pub const PVPANIC_PORT: u16 = 0x505;
+/// pvpanic event: the guest kernel panicked.
+pub const PVPANIC_PANICKED: u8 = 1 << 0;
+/// pvpanic event: the guest panicked and a crash kernel has been loaded to
+/// capture a dump (lg treats it as a panic too).
+pub const PVPANIC_CRASH_LOADED: u8 = 1 << 1;
+
+/// The first IO-APIC input used for PCI INTx lines; below it are the ISA
+/// interrupts.
+pub const PCI_INTX_FIRST_GSI: u32 = 16;
+/// How many IO-APIC inputs PCI INTx lines share (16..24).
+pub const PCI_INTX_GSI_COUNT: u32 = 8;
+
+/// The IO-APIC input (GSI) that INTx `pin` (0 = INTA) of the device in
+/// `slot` is wired to: the usual PCI swizzle, spread over GSIs 16..24. The
+/// DSDT's `_PRT` tells the guest the same.
+pub const fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
+    PCI_INTX_FIRST_GSI + (slot as u32 + pin as u32) % PCI_INTX_GSI_COUNT
+}

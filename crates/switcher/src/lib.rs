@@ -15,12 +15,16 @@
 //!   I/O port or MMIO access the kernel could not handle itself) to the
 //!   devices through the [`ExitHandler`] trait, and deciding when the guest
 //!   has ended.
+//! - [`irq`]: irqfds, ioeventfds and the GSI routing table, so devices on
+//!   their own threads interrupt the guest, and are woken by it, without a
+//!   trip through a vCPU thread.
 //!
 //! The switcher knows no device: the binary wires devices to it through
 //! [`ExitHandler`], so the crate graph stays a ladder from KVM up to `lg`.
 
 pub mod cpu;
 pub mod host;
+pub mod irq;
 pub mod run;
 pub mod vm;
 

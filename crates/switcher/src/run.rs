@@ -24,6 +24,8 @@ pub enum GuestEnd {
     PowerOff,
     /// The guest asked to be reset.
     Reboot,
+    /// The guest kernel panicked and said so (pvpanic).
+    Panic,
     /// The guest or a vCPU failed; the string says how, in one sentence.
     Crash(String),
 }

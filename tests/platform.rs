@@ -1,0 +1,105 @@
+//! The platform a stock kernel expects: the guest finds lg's virtio console
+//! on PCI and uses it as `/dev/hvc0`, sees every vCPU lg gives it.
+//!
+//! One test host runs three guests:
+//! - `lgtest=lspci`: the guest lists its PCI devices from sysfs; the virtio
+//!   console (1af4:1043, class 0x0780) sits beside the host bridge.
+//! - `console=hvc0`: the guest's init writes `LG_HVC0_OK` to `/dev/hvc0`,
+//!   which can only reach lg's stdout through the virtio console; then, once
+//!   the guest's shell prompt has appeared on hvc0, a line is typed into lg's
+//!   standard input (a FIFO) and the guest's shell runs it.
+//! - `--cpus=4`: the guest counts four CPUs.
+
+use std::sync::OnceLock;
+
+use lg_e2e::{boot_kit, case, script, test_host_limit};
+use xtask::{TestHost, TestHostRun};
+
+/// Boots a guest with `console=hvc0`, waits for its shell prompt on lg's
+/// stdout, then types a command and `poweroff -f` into lg's stdin. Marked
+/// like `lg_case` so the transcript parser finds it.
+const HVC_CASE: &str = r#"
+lg_hvc_case() {
+	rm -f /tmp/hvc.in /tmp/hvc.out /tmp/hvc.status
+	mkfifo /tmp/hvc.in
+	echo "LG_E2E_BEGIN hvc"
+	( timeout -s KILL $lg_case_limit lg "$@" </tmp/hvc.in >/tmp/hvc.out 2>&1
+	  echo $? >/tmp/hvc.status ) &
+	exec 3>/tmp/hvc.in
+	waited=0
+	while ! grep -q 'guest# ' /tmp/hvc.out && [ $waited -lt 120 ]; do
+		sleep 1
+		waited=$((waited + 1))
+	done
+	printf 'echo LG_TYPED_$((6 * 7))\npoweroff -f\n' >&3
+	exec 3>&-
+	wait
+	cat /tmp/hvc.out
+	printf '\nLG_E2E_END hvc %s\n' "$(cat /tmp/hvc.status)"
+}
+"#;
+
+fn test_host() -> &'static TestHostRun {
+    static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        let body = format!(
+            "{HVC_CASE}\nlg_case lspci {}\nlg_hvc_case {}\nlg_case cpus4 {}\n",
+            boot_kit(256, "lgtest=lspci"),
+            boot_kit(256, "console=hvc0"),
+            boot_kit(256, "lgtest=nproc").replacen("run ", "run --cpus=4 ", 1),
+        );
+        // Four CPUs in the test host, so lg may give the guest four.
+        TestHost::new()
+            .cpus(4)
+            .timeout(test_host_limit(3, 0))
+            .run(&script(&body))
+            .map_err(|e| e.to_string())
+    });
+    match run {
+        Ok(run) => run,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn the_guest_finds_the_virtio_console_on_pci() {
+    let lspci = case(&test_host().output, "lspci");
+    assert!(
+        lspci.printed("LG_PCI 0000:00:00.0 0x060000 0x8086:0x0d57"),
+        "the host bridge should be at 00:00.0\n{}",
+        lspci.describe()
+    );
+    assert!(
+        lspci.printed("LG_PCI 0000:00:01.0 0x078000 0x1af4:0x1043"),
+        "the virtio console (1af4:1043) should be at 00:01.0\n{}",
+        lspci.describe()
+    );
+    assert_eq!(lspci.status, Some(0), "{}", lspci.describe());
+}
+
+#[test]
+fn hvc0_carries_the_guests_output_and_what_is_typed() {
+    let hvc = case(&test_host().output, "hvc");
+    assert!(
+        hvc.printed("LG_HVC0_OK"),
+        "nothing written to /dev/hvc0 reached lg's stdout\n{}",
+        hvc.describe()
+    );
+    assert!(
+        hvc.printed("LG_TYPED_42"),
+        "the line typed into lg's stdin never ran in the guest's hvc0 shell\n{}",
+        hvc.describe()
+    );
+    assert_eq!(hvc.status, Some(0), "{}", hvc.describe());
+}
+
+#[test]
+fn four_vcpus_give_four_processors() {
+    let cpus = case(&test_host().output, "cpus4");
+    assert_eq!(
+        cpus.number_after("LG_NPROC="),
+        Some(4),
+        "with --cpus=4 the guest should count four CPUs\n{}",
+        cpus.describe()
+    );
+}
