@@ -12,8 +12,10 @@
 #   lgtest=nproc       print LG_NPROC=<CPUs online>, power off
 #   lgtest=lspci       print each PCI device as LG_PCI <slot> <class> <vendor>:<device>, power off
 #   lgtest=panic       panic the kernel (echo c > /proc/sysrq-trigger)
+#   lgtest=blockro     print LG_VDA_RO=<0|1> and whether a write to /dev/vda was refused, power off
 #   lgtest=shutdown    power off as a distribution would, through init (poweroff, no -f)
 #   lgtest=restart     reboot as a distribution would, through init (reboot, no -f)
+#   root=/dev/vda      (with no lgtest, or lgtest=rootfs) switch to that disk's /sbin/init
 #   anything else      a busybox shell on the console; leaving it powers off
 # When the kernel's console is hvc0 (console=hvc0), init also writes
 # LG_HVC0_OK straight to /dev/hvc0 once the virtio console is up, and runs
@@ -54,6 +56,24 @@ if grep -q 'console=hvc0' /proc/cmdline && [ -c /dev/hvc0 ]; then
 	echo LG_HVC0_OK
 fi
 
+# root=/dev/...: mount it and hand over to its init, as a distribution's
+# initramfs would (lgtest values handled here keep the initramfs instead).
+root=
+for word in $(cat /proc/cmdline); do
+	case "$word" in
+	root=*) root=${word#root=} ;;
+	esac
+done
+if [ -n "$root" ] && { [ -z "$lgtest" ] || [ "$lgtest" = rootfs ]; }; then
+	mkdir -p /newroot
+	if mount -o rw "$root" /newroot; then
+		mount --move /dev /newroot/dev 2>/dev/null
+		umount /proc /sys
+		exec switch_root /newroot /sbin/init
+	fi
+	echo "lg guest: cannot mount root=$root; staying in the initramfs"
+fi
+
 case "$lgtest" in
 poweroff)
 	poweroff -f
@@ -78,6 +98,15 @@ lspci)
 	;;
 panic)
 	echo c >/proc/sysrq-trigger
+	;;
+blockro)
+	report "LG_VDA_RO=$(cat /sys/block/vda/ro)"
+	if dd if=/dev/zero of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null; then
+		report LG_RO_WRITE=accepted
+	else
+		report LG_RO_WRITE=refused
+	fi
+	poweroff -f
 	;;
 shutdown)
 	poweroff

@@ -3,6 +3,8 @@
 //! `target/guest/` holds what `lg run` needs to boot a real guest:
 //! - `bzImage`: Debian's cloud kernel, unmodified, because lg's promise is to
 //!   boot the kernels people run;
+//! - `rootfs.ext4`: a root filesystem image (busybox and an `/sbin/init`)
+//!   for `--block=... root=/dev/vda`; see `rootfs.rs`.
 //! - `initrd.cpio.gz`: busybox, that kernel's virtio modules, and an `/init`
 //!   (`guest-init.sh`) that prints `LG_GUEST_INIT_OK` and obeys `lgtest=...`,
 //!   so a test learns from the console what the guest saw;
@@ -58,6 +60,12 @@ pub struct Kit {
 
 impl Kit {
     /// `target/guest/`.
+    /// The kit's root filesystem image (`--block=` it with `root=/dev/vda`);
+    /// built with Debian's kit, absent from a kit of the user's own.
+    pub fn rootfs() -> PathBuf {
+        Self::dir().join("rootfs.ext4")
+    }
+
     pub fn dir() -> PathBuf {
         crate::target_dir().join("guest")
     }
@@ -117,6 +125,9 @@ impl Kit {
         let vmlinuz = packages.vmlinuz()?;
         let busybox = packages.busybox()?;
         let kit = Self::at_usual_paths(release.clone());
+        fs::create_dir_all(Self::dir())
+            .context(|| format!("cannot create {}", Self::dir().display()))?;
+        crate::rootfs::build(&Self::dir(), &busybox)?;
         let recipe = format!(
             "kernel {}\nbusybox {}\nmodules {}\n--- init ---\n{GUEST_INIT}",
             unpacked_from(&packages.kernel_root),

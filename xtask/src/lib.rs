@@ -26,6 +26,7 @@ pub mod error;
 pub mod guest;
 pub mod host;
 pub mod modules;
+pub mod rootfs;
 pub mod shell;
 pub mod testhost;
 

@@ -4,8 +4,10 @@
 //! `run` boots a guest to a shell (the README's first command), `test` runs
 //! every test (the README's second, and CI's), and `guest` and `testhost`
 //! expose the two pieces those are built on, for when something needs a
-//! closer look. The argument parsing is by hand: four commands with a flag
-//! or two each, where `--` and the words after it must pass through untouched.
+//! closer look; `install` puts lg, its `lguest` link and its manual page
+//! under a prefix. The argument parsing is by hand: a few commands with a
+//! flag or two each, where `--` and the words after it must pass through
+//! untouched.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -36,6 +38,11 @@ usage: cargo xtask <command>
         a file or directory of this machine into the test host (default
         limits: 4096 MB, 300 s). One CMD word is a shell command line:
         -- 'ls /dev/kvm; echo hi'
+  install --prefix DIR
+        copy target/release/lg (build it first) to DIR/bin/lg, make
+        DIR/bin/lguest a link to it (lg takes lguest's syntax under that
+        name) and install the manual page as DIR/share/man/man1/lg.1
+        and lguest.1
 ";
 
 fn main() -> ExitCode {
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "guest" => guest(rest),
         "testhost" => testhost(rest),
+        "install" => install(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(0)
@@ -300,6 +308,55 @@ fn testhost(args: &[String]) -> Result<i32, Error> {
         run.elapsed.as_secs_f64()
     ));
     Ok(run.status)
+}
+
+/// `cargo xtask install --prefix DIR`
+fn install(args: &[String]) -> Result<i32, Error> {
+    let mut prefix: Option<PathBuf> = None;
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        match flag_name(word) {
+            "--prefix" => prefix = Some(PathBuf::from(flag_value(word, &mut words)?)),
+            _ => {
+                return Err(Error::new(format!(
+                    "unknown argument `{word}` (flags: --prefix DIR)"
+                )))
+            }
+        }
+    }
+    let prefix = prefix.ok_or_else(|| Error::new("--prefix DIR is required"))?;
+    let lg = lg_binary();
+    if !lg.is_file() {
+        return Err(Error::new(format!(
+            "{} is missing: build it with `cargo build --release -p lg`",
+            show_path(&lg)
+        )));
+    }
+    let io = |what: &str, path: &std::path::Path, e: std::io::Error| {
+        Error::new(format!("cannot {what} {}: {e}", path.display()))
+    };
+    let bin = prefix.join("bin");
+    let man1 = prefix.join("share/man/man1");
+    for dir in [&bin, &man1] {
+        std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+    }
+    // Replace rather than overwrite in place: a running lg keeps its file.
+    let installed = bin.join("lg");
+    let _ = std::fs::remove_file(&installed);
+    std::fs::copy(&lg, &installed).map_err(|e| io("copy lg to", &installed, e))?;
+    let link = bin.join("lguest");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("lg", &link).map_err(|e| io("create the link", &link, e))?;
+    let page = xtask::workspace_root().join("docs/lg.1");
+    let man_page = man1.join("lg.1");
+    std::fs::copy(&page, &man_page).map_err(|e| io("install the manual page", &man_page, e))?;
+    // lguest(1) is lg(1), by man's own `.so` include.
+    let lguest_page = man1.join("lguest.1");
+    std::fs::write(&lguest_page, ".so man1/lg.1\n").map_err(|e| io("write", &lguest_page, e))?;
+    for path in [&installed, &link, &man_page, &lguest_page] {
+        progress(format!("install: {}", path.display()));
+    }
+    Ok(0)
 }
 
 /// Splits `A B -- C D` into `[A, B]` and `[C, D]`.

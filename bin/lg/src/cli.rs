@@ -5,6 +5,15 @@
 //! is the kernel's command line. Options take `--name=value` or
 //! `--name value`; argh, which builds the help text, only knows the second
 //! form, so the first is split before argh sees it.
+//!
+//! Whatever the syntax (`lg run` here, lguest's classic line in
+//! [`crate::classic`]), the result is one [`Run`]: the rest of lg never
+//! knows which syntax the person used. The values that have a syntax of
+//! their own (`--tunnet`) are checked here, as they are parsed; what needs
+//! the host (files, users, memory) is checked by `launch` before KVM.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 
 use argh::FromArgs;
 
@@ -12,7 +21,7 @@ use argh::FromArgs;
 #[derive(FromArgs, Debug)]
 #[argh(
     example = "boot a kernel with an initramfs on the serial console:\n  lg run 256 bzImage --initrd=initrd.cpio.gz console=ttyS0",
-    note = "Run `lg <command> --help` for each command's options."
+    note = "Run `lg <command> --help` for each command's options.\nRun as `lguest` (a link to lg), or as `lg lguest ARGS...`, lg takes lguest's classic\ncommand line instead: `lguest --help` shows it. See also lg(1)."
 )]
 pub struct Lg {
     #[argh(subcommand)]
@@ -26,12 +35,12 @@ pub enum Command {
 }
 
 /// boot a Linux kernel in a new guest.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, Debug, PartialEq, Eq)]
 #[argh(
     subcommand,
     name = "run",
-    example = "lg run 256 bzImage --initrd=initrd.cpio.gz console=ttyS0\nlg run 64 vmlinux console=ttyS0 earlyprintk=ttyS0 panic=-1",
-    note = "MEM_MB is the guest's RAM in MiB. KERNEL is a bzImage or an ELF vmlinux with a 64-bit entry.\nEvery word after KERNEL is the kernel's command line.\nThe guest's serial port (ttyS0) is lg's standard output; when standard input is a terminal,\nwhat you type goes to the guest (Ctrl-A x quits lg, Ctrl-A Ctrl-A sends Ctrl-A).",
+    example = "lg run 256 bzImage --initrd=initrd.cpio.gz console=ttyS0\nlg run 64 vmlinux console=ttyS0 earlyprintk=ttyS0 panic=-1\nlg run --dry-run 256 bzImage --initrd=initrd.cpio.gz root=/dev/vda",
+    note = "MEM_MB is the guest's RAM in MiB. KERNEL is a bzImage or an ELF vmlinux with a 64-bit entry.\nEvery word after KERNEL is the kernel's command line (lg adds console=ttyS0 when it names\nno console=); options may also come after KERNEL, before the first kernel word.\nThe guest's serial port (ttyS0) is lg's standard output; when standard input is a terminal,\nwhat you type goes to the guest (Ctrl-A x quits lg, Ctrl-A Ctrl-A sends Ctrl-A).\n--block=FILE[,ro][,direct]: a disk (/dev/vda, /dev/vdb, ... in order): ro makes it read-only,\ndirect bypasses the host's page cache (O_DIRECT). --tunnet and --rng are refused until lg has\nthose devices.",
     error_code(0, "the guest powered off or rebooted"),
     error_code(
         1,
@@ -42,9 +51,34 @@ pub enum Command {
     error_code(4, "the guest kernel panicked (reported through pvpanic)")
 )]
 pub struct Run {
-    /// an initial RAM disk for the kernel: --initrd=FILE
-    #[argh(option, arg_name = "FILE")]
+    /// an initial RAM disk for the kernel (at most one): --initrd=FILE
+    #[argh(option, short = 'i', arg_name = "FILE")]
     pub initrd: Option<String>,
+
+    /// a virtio block device backed by FILE (repeatable): --block=FILE
+    #[argh(option, short = 'b', arg_name = "FILE")]
+    pub block: Vec<String>,
+
+    /// a virtio network device on a new tap (repeatable), as lguest's:
+    /// --tunnet=IP[:MAC] (the host's end gets IP) or --tunnet=bridge:NAME[:MAC]
+    #[argh(option, short = 't', arg_name = "SPEC", from_str_fn(checked_tunnet))]
+    pub tunnet: Vec<String>,
+
+    /// a virtio random-number device fed from the host
+    #[argh(switch, short = 'r')]
+    pub rng: bool,
+
+    /// once the guest is set up, confine lg to DIR (chroot): --chroot=DIR
+    #[argh(option, short = 'c', arg_name = "DIR")]
+    pub chroot: Option<String>,
+
+    /// once the guest is set up, run as USER (uid, gid and groups): --username=USER
+    #[argh(option, short = 'u', arg_name = "USER")]
+    pub username: Option<String>,
+
+    /// check everything, print the guest lg would boot, and exit 0 without starting it
+    #[argh(switch)]
+    pub dry_run: bool,
 
     /// how many vCPUs (default 1): --cpus=N
     #[argh(option, arg_name = "N", default = "1")]
@@ -68,7 +102,14 @@ pub struct Run {
 }
 
 /// Options of `lg run` that take a value, so `--name=value` can be split.
-const RUN_VALUE_OPTIONS: &[&str] = &["--initrd", "--cpus"];
+const RUN_VALUE_OPTIONS: &[&str] = &[
+    "--initrd",
+    "--cpus",
+    "--block",
+    "--tunnet",
+    "--chroot",
+    "--username",
+];
 
 /// What came of parsing, when it was not a command to carry out.
 #[derive(Debug, PartialEq, Eq)]
@@ -93,12 +134,18 @@ pub fn parse(args: &[String]) -> Result<Command, ParseOutcome> {
         Ok(lg) => Ok(lg.command),
         Err(early) if early.status.is_ok() => Err(ParseOutcome::Help(early.output)),
         Err(early) => {
-            let first_line = early
+            // argh's first line is the sentence; when it ends in a colon,
+            // the lines after it are what it is about (the missing MEM_MB).
+            let mut lines = early
                 .output
                 .lines()
-                .next()
-                .unwrap_or("bad arguments")
-                .trim();
+                .map(str::trim)
+                .filter(|l| !l.is_empty());
+            let mut first_line = lines.next().unwrap_or("bad arguments").to_string();
+            if first_line.ends_with(':') {
+                let listed: Vec<&str> = lines.collect();
+                first_line = format!("{first_line} {}", listed.join(", "));
+            }
             let first_line = first_line.trim_end_matches('.');
             let help_hint = match words.first() {
                 Some(&"run") => "lg run --help",
@@ -109,6 +156,139 @@ pub fn parse(args: &[String]) -> Result<Command, ParseOutcome> {
             )))
         }
     }
+}
+
+/// A network device as lguest's `--tunnet` described it: a tap whose host end
+/// has an IPv4 address, or a tap added to an existing bridge; either may fix
+/// the guest's MAC address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tunnet {
+    /// `--tunnet=IP[:MAC]`: the host's end of the tap gets `address`.
+    Address { address: Ipv4Addr, mac: Option<Mac> },
+    /// `--tunnet=bridge:NAME[:MAC]`: the tap joins bridge `name`.
+    Bridge { name: String, mac: Option<Mac> },
+}
+
+/// A MAC address, `xx:xx:xx:xx:xx:xx`.
+pub type Mac = [u8; 6];
+
+/// The longest name a Linux network interface may have (IFNAMSIZ - 1).
+const MAX_INTERFACE_NAME: usize = 15;
+
+impl Tunnet {
+    /// Parses lguest's syntax. The error says what is wrong, without
+    /// repeating the whole value (callers name the option and value).
+    pub fn parse(text: &str) -> Result<Tunnet, String> {
+        if text.is_empty() {
+            return Err("needs IP[:MAC] or bridge:NAME[:MAC]".into());
+        }
+        if let Some(rest) = text.strip_prefix("bridge:") {
+            let (name, mac) = match rest.split_once(':') {
+                Some((name, mac)) => (name, Some(parse_mac(mac)?)),
+                None => (rest, None),
+            };
+            if name.is_empty() {
+                return Err("the bridge's name is missing (bridge:NAME[:MAC])".into());
+            }
+            let bad_char = |c: char| c == '/' || c.is_whitespace() || c.is_control();
+            if name.len() > MAX_INTERFACE_NAME || name.chars().any(bad_char) {
+                return Err(format!(
+                    "`{name}` cannot be a network interface's name \
+                     (at most {MAX_INTERFACE_NAME} characters, no `/` or spaces)"
+                ));
+            }
+            return Ok(Tunnet::Bridge {
+                name: name.to_string(),
+                mac,
+            });
+        }
+        let (address, mac) = match text.split_once(':') {
+            Some((address, mac)) => (address, Some(parse_mac(mac)?)),
+            None => (text, None),
+        };
+        let address: Ipv4Addr = address.parse().map_err(|_| {
+            format!("`{address}` is not an IPv4 address (expected IP[:MAC] or bridge:NAME[:MAC])")
+        })?;
+        Ok(Tunnet::Address { address, mac })
+    }
+}
+
+/// Parses `xx:xx:xx:xx:xx:xx`, two hex digits each.
+fn parse_mac(text: &str) -> Result<Mac, String> {
+    let bad = || format!("`{text}` is not a MAC address (expected xx:xx:xx:xx:xx:xx in hex)");
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// argh's check of `--tunnet`: the text is kept, once its syntax is right.
+fn checked_tunnet(text: &str) -> Result<String, String> {
+    Tunnet::parse(text).map(|_| text.to_string())
+}
+
+/// Refuses the devices lg does not have yet, naming the option. As each
+/// device lands, its refusal goes.
+pub fn refuse_unavailable_devices(run: &Run) -> Result<(), String> {
+    if !run.tunnet.is_empty() {
+        return Err("--tunnet: network devices are not available yet in this lg".into());
+    }
+    if run.rng {
+        return Err("--rng: the random-number device is not available yet in this lg".into());
+    }
+    Ok(())
+}
+
+/// What `--dry-run` prints: the guest lg would boot, one `name: value` per
+/// line, with the kernel's command line exactly as the kernel will get it.
+/// The same for `lg run` and `lguest`, so the two can be compared.
+pub fn describe(run: &Run) -> String {
+    let memory = run
+        .memory
+        .parse::<u64>()
+        .map_or_else(|_| run.memory.clone(), |mib| format!("{mib} MiB"));
+    let (cmdline, console) = crate::launch::kernel_command_line(&run.kernel_args);
+    let mut devices = vec![
+        "serial ttyS0".to_string(),
+        "virtio console hvc0".to_string(),
+    ];
+    devices.extend(run.block.iter().map(|file| format!("virtio block {file}")));
+    devices.extend(run.tunnet.iter().map(|spec| format!("virtio net {spec}")));
+    if run.rng {
+        devices.push("virtio rng".to_string());
+    }
+    let none = || "none".to_string();
+    let mut out = String::new();
+    let mut line = |name: &str, value: String| {
+        let _ = writeln!(out, "{name}: {value}");
+    };
+    line("memory", memory);
+    line("kernel", run.kernel.clone());
+    line("initrd", run.initrd.clone().unwrap_or_else(none));
+    line("vcpus", run.cpus.to_string());
+    line("devices", devices.join(", "));
+    let terminal = match console {
+        crate::launch::ConsoleDevice::Serial => "ttyS0",
+        crate::launch::ConsoleDevice::Hvc => "hvc0",
+    };
+    line("terminal", terminal.to_string());
+    line("chroot", run.chroot.clone().unwrap_or_else(none));
+    line("username", run.username.clone().unwrap_or_else(none));
+    line(
+        "verbose",
+        if run.verbose { "yes" } else { "no" }.to_string(),
+    );
+    line("command line", cmdline);
+    out
 }
 
 /// Turns `--initrd=FILE` into `--initrd FILE` for the options that take a

@@ -18,11 +18,13 @@ use pci::{BarAllocator, PciBus};
 use shadow_mmu::GuestMemory;
 use switcher::irq::MsiRouting;
 use switcher::{EntryState, ExitStats, GuestEnd, Vm};
+use virtio_blk::{BlockConfig, VirtioBlock};
 use virtio_pci::{TransportHooks, VirtioDevice, VirtioPciDevice};
 
-use crate::cli::Run;
+use crate::cli::{self, Run};
 use crate::hooks::{KvmHooks, KvmIntx};
 use crate::platform::{IsaIrq, Platform};
+use crate::privileges::{self, Confinement};
 use crate::terminal;
 
 /// The guest powered off or rebooted.
@@ -48,6 +50,10 @@ const MIB: u64 = 1 << 20;
 pub fn run(args: Run) -> ExitCode {
     init_logging(args.verbose);
     match prepare(&args) {
+        Ok(_) if args.dry_run => {
+            print!("{}", cli::describe(&args));
+            ExitCode::SUCCESS
+        }
         Ok(guest) => ExitCode::from(boot(guest)),
         Err(message) => {
             eprintln!("lg: {message}");
@@ -69,12 +75,18 @@ struct PreparedGuest {
     entry: EntryState,
     cpus: u8,
     console: ConsoleDevice,
+    confinement: Confinement,
+    /// The `--block` disks, open (and locked), in /dev/vda order.
+    disks: Vec<VirtioBlock>,
 }
 
 /// Checks the user's input by loading the guest into fresh memory.
 fn prepare(args: &Run) -> Result<PreparedGuest, String> {
     let memory_mib = parse_memory(&args.memory)?;
     check_cpus(args.cpus, online_cpus())?;
+    cli::refuse_unavailable_devices(args)?;
+    let disks = open_disks(&args.block)?;
+    let confinement = Confinement::check(args.chroot.as_deref(), args.username.as_deref())?;
     let kernel_path = Path::new(&args.kernel);
     let kernel = KernelImage::open(kernel_path).map_err(|e| e.to_string())?;
     log::info!("kernel {}: {:?}", args.kernel, kernel.kind());
@@ -105,12 +117,41 @@ fn prepare(args: &Run) -> Result<PreparedGuest, String> {
         },
         cpus: args.cpus,
         console,
+        confinement,
+        disks,
     })
+}
+
+/// Opens each `--block=FILE[,ro][,direct]`, refusing the same file twice.
+fn open_disks(values: &[String]) -> Result<Vec<VirtioBlock>, String> {
+    let mut disks = Vec::new();
+    let mut seen: Vec<(std::path::PathBuf, &str)> = Vec::new();
+    for value in values {
+        let config: BlockConfig = value.parse().map_err(|e| format!("--block={value}: {e}"))?;
+        if let Ok(canonical) = std::fs::canonicalize(&config.path) {
+            if let Some((_, first)) = seen.iter().find(|(path, _)| *path == canonical) {
+                return Err(format!(
+                    "--block={value}: the same file as --block={first}; a disk can be given once"
+                ));
+            }
+            seen.push((canonical, value));
+        }
+        let disk = VirtioBlock::open(&config).map_err(|e| e.to_string())?;
+        log::info!(
+            "disk /dev/vd{}: {} ({} sectors{})",
+            (b'a' + disks.len() as u8) as char,
+            config.path.display(),
+            disk.capacity_sectors(),
+            if disk.read_only() { ", read-only" } else { "" }
+        );
+        disks.push(disk);
+    }
+    Ok(disks)
 }
 
 /// Which of the guest's consoles lg's terminal is connected to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ConsoleDevice {
+pub(crate) enum ConsoleDevice {
     /// The 16550 UART, ttyS0.
     Serial,
     /// The virtio console, hvc0.
@@ -125,7 +166,7 @@ const DEFAULT_CONSOLE: &str = "console=ttyS0";
 /// The kernel's command line from the user's words, and the console that
 /// lg's terminal types into: the kernel's own `/dev/console` is the last
 /// `console=` given, so that is the one a person is talking to.
-fn kernel_command_line(words: &[String]) -> (String, ConsoleDevice) {
+pub(crate) fn kernel_command_line(words: &[String]) -> (String, ConsoleDevice) {
     let last_console = words.iter().rev().find_map(|w| w.strip_prefix("console="));
     let console = match last_console {
         Some(name) if name.starts_with("hvc") => ConsoleDevice::Hvc,
@@ -224,13 +265,18 @@ fn boot(guest: PreparedGuest) -> u8 {
             return EXIT_REFUSED;
         }
     };
-    let bus = match pci_devices(&vm, Arc::clone(&hvc_input)) {
+    let bus = match pci_devices(&vm, Arc::clone(&hvc_input), guest.disks) {
         Ok(bus) => bus,
         Err(message) => {
             eprintln!("lg: {message}");
             return EXIT_REFUSED;
         }
     };
+    // Every file and KVM handle is open: --chroot and --username now.
+    if let Err(message) = privileges::drop(&guest.confinement) {
+        eprintln!("lg: {message}");
+        return EXIT_REFUSED;
+    }
     let platform = Arc::new(Platform::new(Box::new(std::io::stdout()), uart_irq, bus));
 
     let typed_into: KeysSink = match guest.console {
@@ -268,10 +314,15 @@ fn boot(guest: PreparedGuest) -> u8 {
     }
 }
 
-/// The PCI bus and its devices: the host bridge, and the virtio console.
+/// The PCI bus and its devices: the host bridge, the virtio console, then
+/// the disks (so the guest names them vda, vdb, ... in `--block` order).
 /// Each device gets the next slot, a BAR in the MMIO hole, and the INTx
 /// line the DSDT's `_PRT` gives that slot.
-fn pci_devices(vm: &Vm, hvc_input: Arc<ConsoleInput>) -> Result<PciBus, String> {
+fn pci_devices(
+    vm: &Vm,
+    hvc_input: Arc<ConsoleInput>,
+    disks: Vec<VirtioBlock>,
+) -> Result<PciBus, String> {
     let routing = MsiRouting::new(Arc::clone(vm.fd()));
     let hooks: Arc<dyn TransportHooks> = Arc::new(KvmHooks {
         vm: Arc::clone(vm.fd()),
@@ -279,10 +330,15 @@ fn pci_devices(vm: &Vm, hvc_input: Arc<ConsoleInput>) -> Result<PciBus, String> 
     });
     let mut bus = PciBus::new();
     let mut bars = BarAllocator::new();
-    let devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(VirtioConsole::new(
+    let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(VirtioConsole::new(
         Box::new(std::io::stdout()),
         hvc_input,
     ))];
+    devices.extend(
+        disks
+            .into_iter()
+            .map(|disk| Box::new(disk) as Box<dyn VirtioDevice>),
+    );
     for (index, device) in devices.into_iter().enumerate() {
         // Slot 0 is the host bridge; devices follow in order.
         let slot = index as u8 + 1;
@@ -352,6 +408,9 @@ fn start_control_threads(typed_into: KeysSink) -> Result<(), String> {
     // keys (Ctrl-A x), since piped bytes are meant for the guest verbatim.
     let interactive = terminal::stdin_is_terminal();
     if interactive {
+        // Said once, before raw mode: the one key sequence that always
+        // ends lg, whatever the guest does with the terminal.
+        eprintln!("lg: Ctrl-A x quits lg; Ctrl-A Ctrl-A sends Ctrl-A to the guest");
         terminal::enter_raw_mode()
             .map_err(|e| format!("cannot put the terminal in raw mode: {e}"))?;
     }

@@ -7,6 +7,8 @@
 //! wires them together:
 //!
 //! - [`cli`]: the command line (`lg run 64 bzImage root=/dev/vda`).
+//! - [`classic`]: lguest's own command line, when lg is started as `lguest`
+//!   (`lguest 64 vmlinux --block=rootfile root=/dev/vda`).
 //! - [`launch`]: the order things happen in, from the kernel file to
 //!   `KVM_RUN` and the exit status.
 //! - [`platform`]: the devices on the guest's I/O ports and the PCI bus, and
@@ -15,26 +17,37 @@
 //!   queue doorbells).
 //! - [`terminal`]: the person's terminal: raw mode for typing into the guest,
 //!   and putting it back however lg ends.
+//! - [`privileges`]: `--chroot` and `--username`, giving up what lg no
+//!   longer needs once the guest is set up.
 //!
 //! Exit statuses (also in `lg run --help`): 0 the guest powered off or
 //! rebooted; 1 lg refused to start (bad input, or a host that cannot run the
 //! guest); 2 the guest crashed or a vCPU failed; 3 the user stopped lg
 //! (Ctrl-A x, or a signal); 4 the guest kernel panicked.
 
+mod classic;
 mod cli;
 mod hooks;
 mod launch;
 mod platform;
+mod privileges;
 mod terminal;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let command = match cli::parse(&args) {
+    // Started as `lguest` (or `lg lguest ...`): lguest's classic syntax.
+    let parsed = match classic::classic_arguments(&args) {
+        Some(words) => classic::parse(words).map(cli::Command::Run),
+        None => cli::parse(&args),
+    };
+    let command = match parsed {
         Ok(command) => command,
         Err(cli::ParseOutcome::Help(text)) => {
-            println!("{text}");
+            // Not println!: help piped into `head` must not panic on EPIPE.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), "{text}");
             return ExitCode::SUCCESS;
         }
         Err(cli::ParseOutcome::Error(message)) => {

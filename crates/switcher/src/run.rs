@@ -116,6 +116,21 @@ pub fn run(vcpus: Vec<Vcpu>, handler: Arc<dyn ExitHandler>, stats: Arc<ExitStats
         .unwrap_or_else(|_| GuestEnd::Crash("every vCPU thread ended without a reason".into()))
 }
 
+/// Where a vCPU was when it shut down, as " (last RIP ...)", or nothing
+/// when the registers no longer say: on AMD, KVM resets the vCPU before
+/// reporting the shutdown, so it reads as a CPU fresh from reset at
+/// F000:FFF0, which would only mislead.
+fn last_rip(vcpu: &Vcpu) -> String {
+    let regs = vcpu.fd.get_regs();
+    let sregs = vcpu.fd.get_sregs();
+    match (regs, sregs) {
+        (Ok(regs), Ok(sregs)) if !(regs.rip == 0xfff0 && sregs.cs.base == 0xffff_0000) => {
+            format!(" (last RIP {:#x})", regs.rip)
+        }
+        _ => String::new(),
+    }
+}
+
 /// One vCPU's loop. Returns when this vCPU has seen the guest end.
 fn run_vcpu(mut vcpu: Vcpu, handler: &dyn ExitHandler, stats: &ExitStats) -> GuestEnd {
     let index = vcpu.index;
@@ -149,9 +164,9 @@ fn run_vcpu(mut vcpu: Vcpu, handler: &dyn ExitHandler, stats: &ExitStats) -> Gue
             }
             Ok(VcpuExit::Shutdown) => {
                 stats.count(&stats.other, "shutdown", index);
-                let rip = vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
                 PortAction::End(GuestEnd::Crash(format!(
-                    "the guest triple-faulted on vCPU {index} (last RIP {rip:#x})"
+                    "the guest triple-faulted on vCPU {index}{}",
+                    last_rip(&vcpu)
                 )))
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
