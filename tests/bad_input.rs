@@ -4,8 +4,10 @@
 //! `lg: ` that points at what was wrong, and get a non-zero status, not a
 //! backtrace, a usage dump or a hung guest. The wording is lg's business;
 //! these tests only insist on the shape (one line, `lg: `) and that the file
-//! or value at fault is named. All cases run in one test host, since lg
-//! checks much of this only after it has opened `/dev/kvm`.
+//! or value at fault is named. lg checks all of this before it opens
+//! `/dev/kvm` (tests/cli.rs checks the same on the build machine); these
+//! cases run inside the test host too, where a real KVM exists, so nothing
+//! about a KVM-capable host changes the answers.
 
 use std::sync::OnceLock;
 

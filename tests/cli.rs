@@ -246,12 +246,17 @@ const BAD: &[(&str, Program, &str, &str)] = &[
         "no-such-disk",
     ),
     (
-        "block unavailable",
+        "block not whole sectors",
         Program::Lg,
         "run 256 {K} --block={S}/kernel.txt",
-        "--block",
+        "kernel.txt",
     ),
-    ("rng unavailable", Program::Lg, "run 256 {K} --rng", "--rng"),
+    (
+        "block unknown option",
+        Program::Lg,
+        "run 256 {K} --block={S}/kernel.txt,fast",
+        "fast",
+    ),
     (
         "initrd twice",
         Program::Lg,

@@ -9,6 +9,8 @@
 //!   the guest's shell prompt has appeared on hvc0, a line is typed into lg's
 //!   standard input (a FIFO) and the guest's shell runs it.
 //! - `--cpus=4`: the guest counts four CPUs.
+//! - `--rng`: the guest's hardware RNG is virtio_rng, and `/dev/hwrng` gives
+//!   bytes (lg fills them from the host's getrandom).
 
 use std::sync::OnceLock;
 
@@ -43,15 +45,16 @@ fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
     let run = RUN.get_or_init(|| {
         let body = format!(
-            "{HVC_CASE}\nlg_case lspci {}\nlg_hvc_case {}\nlg_case cpus4 {}\n",
+            "{HVC_CASE}\nlg_case lspci {}\nlg_hvc_case {}\nlg_case cpus4 {}\nlg_case rng {}\n",
             boot_kit(256, "lgtest=lspci"),
             boot_kit(256, "console=hvc0"),
             boot_kit(256, "lgtest=nproc").replacen("run ", "run --cpus=4 ", 1),
+            boot_kit(256, "lgtest=rng").replacen("run ", "run --rng ", 1),
         );
         // Four CPUs in the test host, so lg may give the guest four.
         TestHost::new()
             .cpus(4)
-            .timeout(test_host_limit(3, 0))
+            .timeout(test_host_limit(4, 0))
             .run(&script(&body))
             .map_err(|e| e.to_string())
     });
@@ -102,4 +105,28 @@ fn four_vcpus_give_four_processors() {
         "with --cpus=4 the guest should count four CPUs\n{}",
         cpus.describe()
     );
+}
+
+#[test]
+fn rng_feeds_the_guests_hwrng() {
+    let rng = case(&test_host().output, "rng");
+    assert!(
+        rng.printed("LG_RNG_CURRENT=virtio_rng"),
+        "the guest's hw_random should be virtio_rng\n{}",
+        rng.describe()
+    );
+    let bytes = rng
+        .console
+        .iter()
+        .find_map(|line| line.split("LG_RNG_BYTES=").nth(1))
+        .map(|hex| hex.trim().to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        bytes.len(),
+        32,
+        "16 bytes from /dev/hwrng, in hex\n{}",
+        rng.describe()
+    );
+    assert_ne!(bytes, "0".repeat(32), "random bytes are not all zero");
+    assert_eq!(rng.status, Some(0), "{}", rng.describe());
 }

@@ -12,6 +12,7 @@
 #   lgtest=nproc       print LG_NPROC=<CPUs online>, power off
 #   lgtest=lspci       print each PCI device as LG_PCI <slot> <class> <vendor>:<device>, power off
 #   lgtest=panic       panic the kernel (echo c > /proc/sysrq-trigger)
+#   lgtest=rng         print LG_RNG_CURRENT=<hw_random driver> and LG_RNG_BYTES=<16 bytes of /dev/hwrng in hex>, power off
 #   lgtest=blockro     print LG_VDA_RO=<0|1> and whether a write to /dev/vda was refused, power off
 #   lgtest=shutdown    power off as a distribution would, through init (poweroff, no -f)
 #   lgtest=restart     reboot as a distribution would, through init (reboot, no -f)
@@ -98,6 +99,11 @@ lspci)
 	;;
 panic)
 	echo c >/proc/sysrq-trigger
+	;;
+rng)
+	report "LG_RNG_CURRENT=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
+	report "LG_RNG_BYTES=$(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')"
+	poweroff -f
 	;;
 blockro)
 	report "LG_VDA_RO=$(cat /sys/block/vda/ro)"

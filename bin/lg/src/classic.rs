@@ -55,8 +55,8 @@ lg's own additions:
       --cpus=N                  how many vCPUs (default 1)
       --dry-run                 check everything, print the guest lg would boot, exit 0
   -h, --help                    this help
---block=FILE[,ro][,direct] is a disk (/dev/vda, /dev/vdb, ...); --tunnet and --rng are
-refused until lg has those devices.
+--block=FILE[,ro][,direct] is a disk (/dev/vda, /dev/vdb, ...); --rng gives /dev/hwrng;
+--tunnet is refused until lg has network devices.
 
 Examples:
   lguest 256 bzImage --initrd=initrd.cpio.gz console=ttyS0

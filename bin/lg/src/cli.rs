@@ -40,7 +40,7 @@ pub enum Command {
     subcommand,
     name = "run",
     example = "lg run 256 bzImage --initrd=initrd.cpio.gz console=ttyS0\nlg run 64 vmlinux console=ttyS0 earlyprintk=ttyS0 panic=-1\nlg run --dry-run 256 bzImage --initrd=initrd.cpio.gz root=/dev/vda",
-    note = "MEM_MB is the guest's RAM in MiB. KERNEL is a bzImage or an ELF vmlinux with a 64-bit entry.\nEvery word after KERNEL is the kernel's command line (lg adds console=ttyS0 when it names\nno console=); options may also come after KERNEL, before the first kernel word.\nThe guest's serial port (ttyS0) is lg's standard output; when standard input is a terminal,\nwhat you type goes to the guest (Ctrl-A x quits lg, Ctrl-A Ctrl-A sends Ctrl-A).\n--block=FILE[,ro][,direct]: a disk (/dev/vda, /dev/vdb, ... in order): ro makes it read-only,\ndirect bypasses the host's page cache (O_DIRECT). --tunnet and --rng are refused until lg has\nthose devices.",
+    note = "MEM_MB is the guest's RAM in MiB. KERNEL is a bzImage or an ELF vmlinux with a 64-bit entry.\nEvery word after KERNEL is the kernel's command line (lg adds console=ttyS0 when it names\nno console=); options may also come after KERNEL, before the first kernel word.\nThe guest's serial port (ttyS0) is lg's standard output; when standard input is a terminal,\nwhat you type goes to the guest (Ctrl-A x quits lg, Ctrl-A Ctrl-A sends Ctrl-A).\n--block=FILE[,ro][,direct]: a disk (/dev/vda, /dev/vdb, ... in order): ro makes it read-only,\ndirect bypasses the host's page cache (O_DIRECT). --rng: /dev/hwrng, fed from the host's\ngetrandom. --tunnet is refused until lg has network devices.",
     error_code(0, "the guest powered off or rebooted"),
     error_code(
         1,
@@ -241,9 +241,6 @@ fn checked_tunnet(text: &str) -> Result<String, String> {
 pub fn refuse_unavailable_devices(run: &Run) -> Result<(), String> {
     if !run.tunnet.is_empty() {
         return Err("--tunnet: network devices are not available yet in this lg".into());
-    }
-    if run.rng {
-        return Err("--rng: the random-number device is not available yet in this lg".into());
     }
     Ok(())
 }

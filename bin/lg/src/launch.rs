@@ -20,6 +20,7 @@ use switcher::irq::MsiRouting;
 use switcher::{EntryState, ExitStats, GuestEnd, Vm};
 use virtio_blk::{BlockConfig, VirtioBlock};
 use virtio_pci::{TransportHooks, VirtioDevice, VirtioPciDevice};
+use virtio_rng::VirtioRng;
 
 use crate::cli::{self, Run};
 use crate::hooks::{KvmHooks, KvmIntx};
@@ -78,14 +79,18 @@ struct PreparedGuest {
     confinement: Confinement,
     /// The `--block` disks, open (and locked), in /dev/vda order.
     disks: Vec<VirtioBlock>,
+    /// `--rng`: a virtio entropy device.
+    rng: bool,
 }
 
 /// Checks the user's input by loading the guest into fresh memory.
 fn prepare(args: &Run) -> Result<PreparedGuest, String> {
     let memory_mib = parse_memory(&args.memory)?;
     check_cpus(args.cpus, online_cpus())?;
-    cli::refuse_unavailable_devices(args)?;
+    // A disk that is not there is a typo to report before a device lg
+    // lacks.
     let disks = open_disks(&args.block)?;
+    cli::refuse_unavailable_devices(args)?;
     let confinement = Confinement::check(args.chroot.as_deref(), args.username.as_deref())?;
     let kernel_path = Path::new(&args.kernel);
     let kernel = KernelImage::open(kernel_path).map_err(|e| e.to_string())?;
@@ -119,6 +124,7 @@ fn prepare(args: &Run) -> Result<PreparedGuest, String> {
         console,
         confinement,
         disks,
+        rng: args.rng,
     })
 }
 
@@ -265,7 +271,7 @@ fn boot(guest: PreparedGuest) -> u8 {
             return EXIT_REFUSED;
         }
     };
-    let bus = match pci_devices(&vm, Arc::clone(&hvc_input), guest.disks) {
+    let bus = match pci_devices(&vm, Arc::clone(&hvc_input), guest.disks, guest.rng) {
         Ok(bus) => bus,
         Err(message) => {
             eprintln!("lg: {message}");
@@ -315,13 +321,15 @@ fn boot(guest: PreparedGuest) -> u8 {
 }
 
 /// The PCI bus and its devices: the host bridge, the virtio console, then
-/// the disks (so the guest names them vda, vdb, ... in `--block` order).
+/// the disks (so the guest names them vda, vdb, ... in `--block` order),
+/// then the entropy device.
 /// Each device gets the next slot, a BAR in the MMIO hole, and the INTx
 /// line the DSDT's `_PRT` gives that slot.
 fn pci_devices(
     vm: &Vm,
     hvc_input: Arc<ConsoleInput>,
     disks: Vec<VirtioBlock>,
+    rng: bool,
 ) -> Result<PciBus, String> {
     let routing = MsiRouting::new(Arc::clone(vm.fd()));
     let hooks: Arc<dyn TransportHooks> = Arc::new(KvmHooks {
@@ -339,6 +347,9 @@ fn pci_devices(
             .into_iter()
             .map(|disk| Box::new(disk) as Box<dyn VirtioDevice>),
     );
+    if rng {
+        devices.push(Box::new(VirtioRng::new()));
+    }
     for (index, device) in devices.into_iter().enumerate() {
         // Slot 0 is the host bridge; devices follow in order.
         let slot = index as u8 + 1;

@@ -131,6 +131,10 @@ impl ExitHandler for Platform {
             PVPANIC_PORT if value & (PVPANIC_PANICKED | PVPANIC_CRASH_LOADED) != 0 => {
                 return PortAction::End(GuestEnd::Panic);
             }
+            // The kernel clears the wake status before sleeping; lg's
+            // status register never has a bit set, so there is nothing to
+            // clear.
+            ACPI_SLEEP_STATUS_PORT => {}
             ACPI_RESET_PORT if value == ACPI_RESET_VALUE => {
                 return PortAction::End(GuestEnd::Reboot)
             }

@@ -58,8 +58,8 @@ pub const PCI_MMIO_START: u64 = MEM_32BIT_GAP_START;
 pub const PCI_MMIO_END: u64 = IOAPIC_ADDR;
 /// The local APIC's MMIO base.
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
-/// The TSS KVM needs for real-mode emulation on Intel: three pages just below
-/// the IO-APIC, inside the hole, never RAM.
+/// The TSS KVM needs for real-mode emulation on Intel: three pages near the
+/// top of the 32-bit hole (above the local APIC), never RAM.
 pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 
 /// The 16550 UART (COM1) lg emulates for `console=ttyS0`.

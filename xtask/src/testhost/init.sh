@@ -42,7 +42,11 @@ if [ -f /testcmd ]; then
 	echo LG_TESTHOST_READY
 	# cttyhack makes the console (ttyS0) the command's controlling terminal,
 	# so an interactive `lg run` gets a real terminal to put in raw mode.
-	setsid cttyhack sh /testcmd
+	# The command's session ends with it, and the kernel then hangs up its
+	# terminal, discarding output still waiting in the UART's buffer (under
+	# load, the command's last lines). `stty` sets the terminal with
+	# TCSADRAIN, which waits for that output to be sent first.
+	setsid cttyhack sh -c 'sh /testcmd; status=$?; stty sane 2>/dev/null; exit $status'
 	status=$?
 	# On a line of its own even if the command's output did not end in one.
 	printf '\nLG_TESTHOST_STATUS=%s\n' "$status"

@@ -1,0 +1,273 @@
+//! # virtio-rng: entropy for the guest
+//!
+//! lguest offered `--rng`: a device from which the guest reads random bytes,
+//! so a freshly booted guest (with no disk history and no keyboard to time)
+//! does not wait for entropy. The virtio entropy device (virtio 1.2 §5.4) is
+//! the simplest virtio device there is: one queue of empty, device-writable
+//! buffers, which the device fills with random bytes. Linux's `virtio_rng`
+//! driver exposes it as `/dev/hwrng` and feeds the kernel's pool from it.
+//!
+//! lg fills the buffers from the host's `getrandom(2)`, on a thread of the
+//! device's own, woken by the guest's doorbell.
+
+use std::os::fd::AsRawFd;
+use std::thread::JoinHandle;
+
+use shadow_mmu::GuestMemory;
+use virtio_pci::{ActivateError, Activation, ActiveQueue, Interrupt, VirtioDevice};
+use virtqueue::{Queue, QueueError};
+use vmm_sys_util::eventfd::EventFd;
+
+/// The virtio device id of an entropy source.
+const VIRTIO_ID_RNG: u16 = 4;
+const QUEUE_SIZES: [u16; 1] = [64];
+const REQUEST_QUEUE: u16 = 0;
+/// The most random bytes given for one buffer: a guest asking for more gets
+/// this much and asks again, so one request cannot make lg allocate without
+/// bound.
+const MAX_BYTES_PER_BUFFER: usize = 64 * 1024;
+
+/// The entropy device.
+#[derive(Default)]
+pub struct VirtioRng {
+    worker: Option<Worker>,
+}
+
+struct Worker {
+    stop: EventFd,
+    thread: JoinHandle<()>,
+}
+
+impl VirtioRng {
+    pub fn new() -> VirtioRng {
+        VirtioRng::default()
+    }
+}
+
+impl VirtioDevice for VirtioRng {
+    fn device_type(&self) -> u16 {
+        VIRTIO_ID_RNG
+    }
+
+    fn pci_class(&self) -> (u8, u8) {
+        (0x10, 0x80) // encryption/decryption controller, other
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        // The entropy device has no configuration space.
+        data.fill(0);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        self.reset();
+        let Some(queue) = activation
+            .queues
+            .into_iter()
+            .find(|q| q.index == REQUEST_QUEUE)
+        else {
+            return Ok(());
+        };
+        let stop = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| ActivateError(format!("cannot create an eventfd: {e}")))?;
+        let thread_stop = stop
+            .try_clone()
+            .map_err(|e| ActivateError(format!("cannot share an eventfd: {e}")))?;
+        let memory = activation.memory;
+        let interrupt = activation.interrupt;
+        let thread = std::thread::Builder::new()
+            .name("virtio-rng".into())
+            .spawn(move || serve(queue, &memory, &interrupt, &thread_stop))
+            .map_err(|e| ActivateError(format!("cannot start the rng thread: {e}")))?;
+        self.worker = Some(Worker { stop, thread });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.stop.write(1);
+            let _ = worker.thread.join();
+        }
+    }
+}
+
+impl Drop for VirtioRng {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
+/// The device thread: fill buffers whenever the guest rings, until stopped.
+fn serve(mut queue: ActiveQueue, memory: &GuestMemory, interrupt: &Interrupt, stop: &EventFd) {
+    loop {
+        match fill_available(&mut queue.queue, memory, &mut getrandom) {
+            Ok(true) => interrupt.signal_used(REQUEST_QUEUE),
+            Ok(false) => {}
+            Err(e) => {
+                interrupt.report_broken(&e.to_string());
+                return;
+            }
+        }
+        let mut fds = [pollfd(stop.as_raw_fd()), pollfd(queue.kick.as_raw_fd())];
+        // SAFETY: `fds` is a live array of two pollfds for the duration of
+        // the call; poll only writes their revents.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            interrupt.report_broken("the rng thread cannot wait for events");
+            return;
+        }
+        if fds[0].revents != 0 {
+            return;
+        }
+        let _ = queue.kick.read();
+    }
+}
+
+/// Fills every available buffer with bytes from `random`; returns whether
+/// the guest wants an interrupt for them.
+fn fill_available(
+    queue: &mut Queue,
+    memory: &GuestMemory,
+    random: &mut dyn FnMut(&mut [u8]) -> std::io::Result<()>,
+) -> Result<bool, QueueError> {
+    let mut any = false;
+    loop {
+        while let Some(chain) = queue.pop(memory)? {
+            let wanted = usize::try_from(chain.writable_len())
+                .unwrap_or(usize::MAX)
+                .min(MAX_BYTES_PER_BUFFER);
+            let mut bytes = vec![0u8; wanted];
+            let written = match random(&mut bytes) {
+                Ok(()) => {
+                    let mut writer = chain.writer(memory);
+                    let _ = std::io::Write::write_all(&mut writer, &bytes);
+                    writer.bytes_written()
+                }
+                // No entropy to give: return the buffer empty rather than
+                // hand the guest predictable bytes.
+                Err(_) => 0,
+            };
+            queue.add_used(memory, chain.head(), written)?;
+            any = true;
+        }
+        if !queue.enable_notification(memory)? {
+            break;
+        }
+    }
+    Ok(any && queue.needs_notification(memory)?)
+}
+
+/// Fills `buf` from the host's getrandom(2), blocking until the host's
+/// pool is initialised.
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is a valid, writable buffer of `rest.len()` bytes.
+        let got = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if got < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        filled += got as usize;
+    }
+    Ok(())
+}
+
+fn pollfd(fd: i32) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shadow_mmu::GuestAddress;
+
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+    const DATA: u64 = 0x10000;
+
+    /// A queue of size 4 with one writable buffer of `len` bytes available.
+    fn queue_with_buffer(mem: &GuestMemory, len: u32) -> Queue {
+        let mut queue = Queue::new(4);
+        queue.set_size(4);
+        queue.set_desc_table(DESC);
+        queue.set_avail_ring(AVAIL);
+        queue.set_used_ring(USED);
+        queue.set_ready(true);
+        // Descriptor 0: DATA, len, WRITE.
+        mem.write_obj(GuestAddress(DESC), &DATA).unwrap();
+        mem.write_obj(GuestAddress(DESC + 8), &len).unwrap();
+        mem.write_obj(GuestAddress(DESC + 12), &2u16).unwrap();
+        // avail.ring[0] = 0, avail.idx = 1.
+        mem.write_obj(GuestAddress(AVAIL + 4), &0u16).unwrap();
+        mem.write_obj(GuestAddress(AVAIL + 2), &1u16).unwrap();
+        queue.validate(mem).unwrap();
+        queue
+    }
+
+    fn used_len(mem: &GuestMemory) -> u32 {
+        mem.read_obj::<u32>(GuestAddress(USED + 4 + 4)).unwrap()
+    }
+
+    #[test]
+    fn fills_a_buffer_with_random_bytes() {
+        let mem = GuestMemory::new(1 << 20).unwrap();
+        let mut queue = queue_with_buffer(&mem, 64);
+        let wants_interrupt = fill_available(&mut queue, &mem, &mut getrandom).unwrap();
+        assert!(wants_interrupt);
+        assert_eq!(used_len(&mem), 64);
+        let mut bytes = [0u8; 64];
+        mem.read(GuestAddress(DATA), &mut bytes).unwrap();
+        assert!(
+            bytes.iter().any(|&b| b != 0),
+            "64 random bytes are not all zero"
+        );
+    }
+
+    #[test]
+    fn a_huge_buffer_gets_a_bounded_amount() {
+        let mem = GuestMemory::new(1 << 20).unwrap();
+        let mut queue = queue_with_buffer(&mem, 512 * 1024);
+        fill_available(&mut queue, &mem, &mut |buf| {
+            buf.fill(0xaa);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(used_len(&mem) as usize, MAX_BYTES_PER_BUFFER);
+    }
+
+    #[test]
+    fn no_entropy_means_an_empty_buffer_not_predictable_bytes() {
+        let mem = GuestMemory::new(1 << 20).unwrap();
+        let mut queue = queue_with_buffer(&mem, 32);
+        fill_available(&mut queue, &mem, &mut |_| {
+            Err(std::io::Error::other("no entropy"))
+        })
+        .unwrap();
+        assert_eq!(used_len(&mem), 0);
+    }
+
+    #[test]
+    fn a_buffer_outside_ram_is_a_queue_error_not_a_panic() {
+        let mem = GuestMemory::new(1 << 20).unwrap();
+        let mut queue = queue_with_buffer(&mem, 64);
+        mem.write_obj(GuestAddress(DESC), &(2u64 << 20)).unwrap();
+        assert!(fill_available(&mut queue, &mem, &mut getrandom).is_err());
+    }
+}
