@@ -13,6 +13,9 @@
 #   lgtest=lspci       print each PCI device as LG_PCI <slot> <class> <vendor>:<device>, power off
 #   lgtest=panic       panic the kernel (echo c > /proc/sysrq-trigger)
 #   lgtest=rng         print LG_RNG_CURRENT=<hw_random driver> and LG_RNG_BYTES=<16 bytes of /dev/hwrng in hex>, power off
+#   lgtest=twodisks    print LG_DISKS=<the vd* disks> and LG_VDB_SECTORS=<size of vdb>, power off
+#   lgtest=syncloop    mount /dev/vda, print LG_FOUND=<its counter>, then count up, syncing each
+#                      value and printing LG_SYNCED=<n>, until lg is killed
 #   lgtest=blockro     print LG_VDA_RO=<0|1> and whether a write to /dev/vda was refused, power off
 #   lgtest=shutdown    power off as a distribution would, through init (poweroff, no -f)
 #   lgtest=restart     reboot as a distribution would, through init (reboot, no -f)
@@ -104,6 +107,27 @@ rng)
 	report "LG_RNG_CURRENT=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
 	report "LG_RNG_BYTES=$(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')"
 	poweroff -f
+	;;
+twodisks)
+	report "LG_DISKS=$(ls /sys/block | grep '^vd' | tr '\n' ' ')"
+	report "LG_VDB_SECTORS=$(cat /sys/block/vdb/size 2>/dev/null)"
+	poweroff -f
+	;;
+syncloop)
+	mount /dev/vda /mnt || { report LG_MOUNT_FAILED; poweroff -f; }
+	n=$(cat /mnt/lg-counter 2>/dev/null || echo 0)
+	report "LG_FOUND=$n"
+	# Each count is written to a new file, synced, renamed over the old one
+	# and synced again: whenever lg is killed, the counter on the disk is
+	# the last one reported or a later one.
+	while true; do
+		n=$((n + 1))
+		echo "$n" >/mnt/lg-counter.new
+		sync
+		mv /mnt/lg-counter.new /mnt/lg-counter
+		sync
+		report "LG_SYNCED=$n"
+	done
 	;;
 blockro)
 	report "LG_VDA_RO=$(cat /sys/block/vda/ro)"
