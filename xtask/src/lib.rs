@@ -16,9 +16,11 @@
 //!   `kvm_pvm`), a nested test host: QEMU TCG emulating AMD SVM, whose own
 //!   KVM runs lg and the guest kit. The end-to-end tests in `tests/` use it
 //!   through [`TestHost`].
+//! - [`bench`]: `cargo xtask bench`, lg beside QEMU in one test host.
 //!
 //! The binary (`src/main.rs`) is the command line over this library.
 
+pub mod bench;
 pub mod command;
 pub mod cpio;
 pub mod debian;

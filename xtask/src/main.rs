@@ -5,7 +5,7 @@
 //! every test (the README's second, and CI's), and `guest` and `testhost`
 //! expose the two pieces those are built on, for when something needs a
 //! closer look; `install` puts lg, its `lguest` link and its manual page
-//! under a prefix. The argument parsing is by hand: a few commands with a
+//! under a prefix, and `bench` measures lg beside QEMU. The argument parsing is by hand: a few commands with a
 //! flag or two each, where `--` and the words after it must pass through
 //! untouched.
 
@@ -43,6 +43,11 @@ usage: cargo xtask <command>
         DIR/bin/lguest a link to it (lg takes lguest's syntax under that
         name) and install the manual page as DIR/share/man/man1/lg.1
         and lguest.1
+  bench [--runs N]
+        build lg and the guest kit, then boot lg and QEMU (-M pc and
+        -M microvm) on the same guest in one test host: boot time, memory
+        overhead, block throughput, N runs each (default 5); prints the
+        table and writes it as JSON to target/bench/ (and latest.json)
 ";
 
 fn main() -> ExitCode {
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         "guest" => guest(rest),
         "testhost" => testhost(rest),
         "install" => install(rest),
+        "bench" => bench(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(0)
@@ -356,6 +362,34 @@ fn install(args: &[String]) -> Result<i32, Error> {
     for path in [&installed, &link, &man_page, &lguest_page] {
         progress(format!("install: {}", path.display()));
     }
+    Ok(0)
+}
+
+/// `cargo xtask bench [--runs N]`
+fn bench(args: &[String]) -> Result<i32, Error> {
+    let mut runs = 5;
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        match flag_name(word) {
+            "--runs" => runs = parse_number("--runs", &flag_value(word, &mut words)?)?,
+            _ => {
+                return Err(Error::new(format!(
+                    "unknown argument `{word}` (flags: --runs N)"
+                )))
+            }
+        }
+    }
+    progress("bench: building lg (cargo build --release -p lg)");
+    run_visible(cargo().args(["build", "--release", "-p", "lg"]))?;
+    testhost::prepare(Lg::Required)?;
+    let mut command = "cargo xtask bench".to_string();
+    if runs != 5 {
+        command.push_str(&format!(" --runs {runs}"));
+    }
+    let report = xtask::bench::run(&xtask::bench::Options { runs, command })?;
+    print!("{}", report.table());
+    let path = report.write_json()?;
+    progress(format!("bench: wrote {} and latest.json", show_path(&path)));
     Ok(0)
 }
 

@@ -187,7 +187,7 @@ fn add_dynamic_binary(archive: &mut Archive, binary: &Path, inside: &str) -> Res
 }
 
 /// The files `ldd` says `binary` loads; none for a static binary.
-fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, Error> {
+pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, Error> {
     let output = command::spawn_captured(Command::new("ldd").arg(binary))?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);

@@ -26,6 +26,9 @@ pub enum Echo {
     Lines,
     /// Byte for byte to stdout, as a terminal wants it (`cargo xtask testhost`).
     Raw,
+    /// Line by line on stderr, so that the command's own stdout stays its
+    /// result (`cargo xtask bench` prints its table there).
+    Stderr,
     /// Not at all; it is still in [`crate::TestHostRun::output`].
     Off,
 }
@@ -95,8 +98,10 @@ pub(super) fn read_console(
                 .chars()
                 .filter(|&c| c != '\r')
                 .collect();
-            if echo == Echo::Lines {
-                println!("{line}");
+            match echo {
+                Echo::Lines => println!("{line}"),
+                Echo::Stderr => eprintln!("{line}"),
+                Echo::Raw | Echo::Off => {}
             }
             let _ = sender.send(line);
         };
