@@ -234,10 +234,10 @@ const BAD: &[(&str, Program, &str, &str)] = &[
         "52:54:00",
     ),
     (
-        "tunnet unavailable",
+        "tunnet bridge missing",
         Program::Lg,
-        "run 256 {K} --tunnet=192.168.19.1",
-        "--tunnet",
+        "run 256 {K} --tunnet=bridge:nosuchbr0",
+        "nosuchbr0",
     ),
     (
         "block missing file",

@@ -19,6 +19,17 @@
 #   lgtest=blockro     print LG_VDA_RO=<0|1> and whether a write to /dev/vda was refused, power off
 #   lgtest=shutdown    power off as a distribution would, through init (poweroff, no -f)
 #   lgtest=restart     reboot as a distribution would, through init (reboot, no -f)
+#   lgtest=net         with the network from ip=: print LG_PING=ok|fail for its gateway, fetch
+#                      http://GATEWAY:8080/data and print LG_NET_DOWN_MD5=<md5>, then serve 64 MiB
+#                      of random bytes as http://<own address>:8080/up (LG_NET_UP_MD5=<md5>,
+#                      LG_NET_SERVING) until http://GATEWAY:8080/done exists, power off
+#   lgtest=pingpeers   ping each address in lgpeers=A,B,... (retrying for up to 60 s), print
+#                      LG_PING_<address>=ok|fail for each, power off
+#   lgtest=netidle     print LG_NET_IDLE=<eth0's address> and wait to be killed
+#   lgtest=idle        print LG_IDLE and wait (for the power button, a signal, or lg's end)
+#   lgtest=ticker      print LG_TICK=<n> every second, for ever (until the power button or a signal)
+#   lgtest=pattern     run /bin/lg-pattern (a page of a known pattern at a fixed address; it
+#                      prints LG_PATTERN_READY va=...) and wait, as idle
 #   root=/dev/vda      (with no lgtest, or lgtest=rootfs) switch to that disk's /sbin/init
 #   anything else      a busybox shell on the console; leaving it powers off
 # When the kernel's console is hvc0 (console=hvc0), init also writes
@@ -53,6 +64,42 @@ report() {
 	echo "<1>$1" >/dev/kmsg 2>/dev/null
 }
 
+# The ACPI power button (lg stop NAME): as systemd-logind or acpid would,
+# init powers the guest off when it is pressed. The button is the input
+# device named "Power Button"; one event from it is enough.
+for event in /sys/class/input/event*; do
+	[ "$(cat "$event/device/name" 2>/dev/null)" = "Power Button" ] || continue
+	(
+		dd if="/dev/input/${event##*/}" of=/dev/null bs=24 count=1 2>/dev/null &&
+			report LG_POWER_BUTTON && kill -USR2 1
+	) &
+done
+
+# ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF (the kernel's
+# syntax, which lg adds for --tunnet=IP): the kernel configures it itself
+# only when its network driver is built in, before any module could load,
+# so with virtio_net as a module init applies it now, as Debian's
+# initramfs-tools does. `ip=off`, `ip=dhcp` and friends are left alone.
+ip link set lo up 2>/dev/null
+gateway=
+for word in $(cat /proc/cmdline); do
+	case "$word" in
+	ip=*:*)
+		fields=${word#ip=}
+		client=${fields%%:*}
+		gateway=$(echo "$fields" | cut -d: -f3)
+		netmask=$(echo "$fields" | cut -d: -f4)
+		device=$(echo "$fields" | cut -d: -f6)
+		device=${device:-eth0}
+		if [ -n "$client" ] && ifconfig "$device" "$client" netmask "${netmask:-255.255.255.0}" up; then
+			[ -n "$gateway" ] && route add default gw "$gateway" 2>/dev/null
+		else
+			echo "lg guest: cannot configure $device from $word"
+		fi
+		;;
+	esac
+done
+
 # console=hvc0: the virtio console exists only now that its module is
 # loaded, so init moves its own input and output there.
 if grep -q 'console=hvc0' /proc/cmdline && [ -c /dev/hvc0 ]; then
@@ -77,6 +124,18 @@ if [ -n "$root" ] && { [ -z "$lgtest" ] || [ "$lgtest" = rootfs ]; }; then
 	fi
 	echo "lg guest: cannot mount root=$root; staying in the initramfs"
 fi
+
+# Whether ping reaches $1 within about a minute. Not one ping: a host that
+# tried to reach the guest while it booted (ARP for an address nobody had
+# yet) can take some seconds to answer it.
+reach() {
+	tries=0
+	while [ $tries -lt 30 ]; do
+		ping -c 1 -w 2 "$1" >/dev/null 2>&1 && return 0
+		tries=$((tries + 1))
+	done
+	return 1
+}
 
 case "$lgtest" in
 poweroff)
@@ -137,6 +196,52 @@ blockro)
 		report LG_RO_WRITE=refused
 	fi
 	poweroff -f
+	;;
+net)
+	if reach "$gateway"; then report LG_PING=ok; else report LG_PING=fail; fi
+	report "LG_NET_DOWN_MD5=$(wget -q -O - "http://$gateway:8080/data" | md5sum | cut -d' ' -f1)"
+	mkdir -p /tmp/www
+	dd if=/dev/urandom of=/tmp/up.part bs=1048576 count=64 2>/dev/null
+	report "LG_NET_UP_MD5=$(md5sum </tmp/up.part | cut -d' ' -f1)"
+	mv /tmp/up.part /tmp/www/up
+	httpd -p 8080 -h /tmp/www
+	report LG_NET_SERVING
+	tries=0
+	until wget -q -O /dev/null "http://$gateway:8080/done" 2>/dev/null || [ $tries -ge 300 ]; do
+		sleep 1
+		tries=$((tries + 1))
+	done
+	poweroff -f
+	;;
+pingpeers)
+	for peer in $(echo "$lgpeers" | tr ',' ' '); do
+		if reach "$peer"; then report "LG_PING_$peer=ok"; else report "LG_PING_$peer=fail"; fi
+	done
+	poweroff -f
+	;;
+netidle)
+	report "LG_NET_IDLE=$(ifconfig eth0 2>/dev/null | sed -n 's/.*inet addr:\([0-9.]*\).*/\1/p')"
+	sleep 100000 &
+	wait
+	;;
+idle)
+	report LG_IDLE
+	sleep 100000 &
+	wait
+	;;
+ticker)
+	n=0
+	while true; do
+		n=$((n + 1))
+		echo "LG_TICK=$n"
+		sleep 1 &
+		wait
+	done
+	;;
+pattern)
+	lg-pattern &
+	sleep 100000 &
+	wait
 	;;
 shutdown)
 	poweroff

@@ -28,10 +28,15 @@ use crate::{progress, show_path, Error};
 /// The guest's `/init`.
 const GUEST_INIT: &str = include_str!("guest-init.sh");
 
+/// A guest program that maps a page at a fixed address with a known
+/// pattern, for the tests of `lg translate` and `lg dump-pagetables`;
+/// compiled by [`build_guest_program`] into `/bin/lg-pattern`.
+const LG_PATTERN_SOURCE: &str = include_str!("lg-pattern.rs");
+
 /// The drivers the cloud kernel builds as modules, in the order they depend
 /// on each other: virtio (PCI transport, then the devices), and pvpanic,
-/// through which a panicking guest tells lg.
-const GUEST_MODULES: [&str; 13] = [
+/// through which a panicking guest tells lg; and the power button.
+const GUEST_MODULES: [&str; 15] = [
     "virtio_ring",
     "virtio",
     "virtio_pci_modern_dev",
@@ -45,6 +50,9 @@ const GUEST_MODULES: [&str; 13] = [
     "virtio-rng",
     "pvpanic",
     "pvpanic-mmio",
+    // The ACPI power button (`lg stop`) and the input events init waits on.
+    "button",
+    "evdev",
 ];
 
 /// The first line of `kit.stamp` for a kit made of the user's own files.
@@ -129,7 +137,7 @@ impl Kit {
             .context(|| format!("cannot create {}", Self::dir().display()))?;
         crate::rootfs::build(&Self::dir(), &busybox)?;
         let recipe = format!(
-            "kernel {}\nbusybox {}\nmodules {}\n--- init ---\n{GUEST_INIT}",
+            "kernel {}\nbusybox {}\nmodules {}\n--- init ---\n{GUEST_INIT}\n--- lg-pattern ---\n{LG_PATTERN_SOURCE}",
             unpacked_from(&packages.kernel_root),
             unpacked_from(&packages.busybox_root),
             GUEST_MODULES.join(" "),
@@ -144,6 +152,7 @@ impl Kit {
         let mut archive = Archive::new();
         add_busybox_root(&mut archive, &busybox)?;
         archive.file("/init", 0o755, GUEST_INIT.as_bytes());
+        archive.file("/bin/lg-pattern", 0o755, &build_guest_program()?);
         archive.file("/etc/lg-modules", 0o644, modules.load_order().as_bytes());
         for module in &modules.modules {
             archive.file(
@@ -192,6 +201,37 @@ impl Kit {
             .context(|| format!("cannot write {}", Self::stamp_path().display()))?;
         Ok(kit)
     }
+}
+
+/// Compiles `lg-pattern.rs` for the guest: with rustc alone (it has no
+/// dependencies), statically linked so the initramfs needs no libc.
+fn build_guest_program() -> Result<Vec<u8>, Error> {
+    let dir = crate::target_dir().join("guest-programs");
+    fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+    let source = dir.join("lg-pattern.rs");
+    let binary = dir.join("lg-pattern");
+    fs::write(&source, LG_PATTERN_SOURCE)
+        .context(|| format!("cannot write {}", source.display()))?;
+    // rustc beside the cargo running us, so the toolchain is the same one.
+    let rustc = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .and_then(|cargo| Some(cargo.parent()?.join("rustc")))
+        .filter(|rustc| rustc.is_file())
+        .unwrap_or_else(|| PathBuf::from("rustc"));
+    crate::command::run_quiet(
+        std::process::Command::new(rustc)
+            .args([
+                "--edition",
+                "2021",
+                "-O",
+                "-C",
+                "target-feature=+crt-static",
+            ])
+            .args(["-C", "strip=symbols", "-C", "debuginfo=0", "-o"])
+            .arg(&binary)
+            .arg(&source),
+    )?;
+    fs::read(&binary).context(|| format!("cannot read {}", binary.display()))
 }
 
 /// The error for a machine without apt: the one way forward, in one sentence.

@@ -56,7 +56,8 @@ lg's own additions:
       --dry-run                 check everything, print the guest lg would boot, exit 0
   -h, --help                    this help
 --block=FILE[,ro][,direct] is a disk (/dev/vda, /dev/vdb, ...); --rng gives /dev/hwrng;
---tunnet is refused until lg has network devices.
+--tunnet=IP adds ip=<next address>::IP:255.255.255.0::eth0:off to the kernel's command line
+unless it has an ip= (give ip=off for none).
 
 Examples:
   lguest 256 bzImage --initrd=initrd.cpio.gz console=ttyS0
@@ -204,6 +205,7 @@ pub fn parse(words: &[String]) -> Result<Run, ParseOutcome> {
         chroot: options.chroot,
         username: options.username,
         dry_run: options.dry_run,
+        name: None,
         cpus: options.cpus.unwrap_or(1),
         verbose: options.verbose,
         memory,

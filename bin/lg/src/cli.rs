@@ -32,6 +32,148 @@ pub struct Lg {
 #[argh(subcommand)]
 pub enum Command {
     Run(Run),
+    Ps(Ps),
+    Stop(Stop),
+    Pause(Pause),
+    Resume(Resume),
+    Regs(Regs),
+    DumpPageTables(DumpPageTables),
+    Translate(Translate),
+    Stat(Stat),
+}
+
+/// list the running guests.
+#[derive(FromArgs, Debug, PartialEq, Eq)]
+#[argh(subcommand, name = "ps")]
+pub struct Ps {}
+
+/// shut a guest down: press its ACPI power button and wait for it to end.
+#[derive(FromArgs, Debug, PartialEq, Eq)]
+#[argh(
+    subcommand,
+    name = "stop",
+    note = "Without --force the guest's kernel is asked to power off, as a power button would\n(its userspace must act on the button: systemd-logind and acpid do). lg stop waits up to\n--timeout seconds for the guest to end; --force ends lg at once, like pulling the plug."
+)]
+pub struct Stop {
+    /// end the guest at once instead of asking it
+    #[argh(switch)]
+    pub force: bool,
+    /// how long to wait for the guest to end, in seconds (default 60)
+    #[argh(option, default = "60")]
+    pub timeout: u64,
+    /// the guest (see lg ps)
+    #[argh(positional)]
+    pub name: String,
+}
+
+/// stop a guest's vCPUs where they are.
+#[derive(FromArgs, Debug, PartialEq, Eq)]
+#[argh(subcommand, name = "pause")]
+pub struct Pause {
+    /// the guest (see lg ps)
+    #[argh(positional)]
+    pub name: String,
+}
+
+/// let a paused guest run again.
+#[derive(FromArgs, Debug, PartialEq, Eq)]
+#[argh(subcommand, name = "resume")]
+pub struct Resume {
+    /// the guest (see lg ps)
+    #[argh(positional)]
+    pub name: String,
+}
+
+/// print a vCPU's registers.
+#[derive(FromArgs, Debug, PartialEq, Eq)]
+#[argh(subcommand, name = "regs")]
+pub struct Regs {
+    /// which vCPU (default 0)
+    #[argh(option, default = "0")]
+    pub cpu: u32,
+    /// the guest (see lg ps)
+    #[argh(positional)]
+    pub name: String,
+}
+
+/// print the virtual memory a vCPU's page tables map, as merged ranges.
+#[derive(FromArgs, Debug, PartialEq, Eq)]
+#[argh(
+    subcommand,
+    name = "dump-pagetables",
+    note = "Addresses are hexadecimal, with or without 0x. Each line is a range of pages with the\nsame size and flags: START-END, length, page size, flags (RW USR NX GLB PCD PWT A D),\nand where it lands in guest-physical memory (... when that is not contiguous).",
+    example = "lg dump-pagetables mybox --range=ffff888000000000-ffff888100000000"
+)]
+pub struct DumpPageTables {
+    /// which vCPU's tables (default 0)
+    #[argh(option, default = "0")]
+    pub cpu: u32,
+    /// walk the tables at this guest-physical address instead of the vCPU's CR3
+    #[argh(option, from_str_fn(hex_address))]
+    pub cr3: Option<u64>,
+    /// only virtual addresses START <= va < END: --range=START-END
+    #[argh(option, from_str_fn(hex_range))]
+    pub range: Option<(u64, u64)>,
+    /// the guest (see lg ps)
+    #[argh(positional)]
+    pub name: String,
+}
+
+/// show how one virtual address translates, level by level.
+#[derive(FromArgs, Debug, PartialEq, Eq)]
+#[argh(
+    subcommand,
+    name = "translate",
+    example = "lg translate mybox ffffffff81000000"
+)]
+pub struct Translate {
+    /// which vCPU's tables (default 0)
+    #[argh(option, default = "0")]
+    pub cpu: u32,
+    /// walk the tables at this guest-physical address instead of the vCPU's CR3
+    #[argh(option, from_str_fn(hex_address))]
+    pub cr3: Option<u64>,
+    /// the guest (see lg ps)
+    #[argh(positional)]
+    pub name: String,
+    /// the virtual address, in hexadecimal
+    #[argh(positional, from_str_fn(hex_address))]
+    pub address: u64,
+}
+
+/// print a guest's exit and device counters.
+#[derive(FromArgs, Debug, PartialEq, Eq)]
+#[argh(subcommand, name = "stat")]
+pub struct Stat {
+    /// print them again every second, with the rate of each, until the guest ends
+    #[argh(switch)]
+    pub watch: bool,
+    /// the guest (see lg ps)
+    #[argh(positional)]
+    pub name: String,
+}
+
+/// An address as kernel developers write them: hexadecimal, `0x` optional
+/// (`/proc/kallsyms` and oops messages print them bare).
+pub fn hex_address(text: &str) -> Result<u64, String> {
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
+    let digits: String = digits.chars().filter(|&c| c != '_').collect();
+    u64::from_str_radix(&digits, 16).map_err(|_| format!("`{text}` is not a hexadecimal address"))
+}
+
+/// `START-END`, both hexadecimal, START below END.
+fn hex_range(text: &str) -> Result<(u64, u64), String> {
+    let (start, end) = text
+        .split_once('-')
+        .ok_or_else(|| format!("`{text}` is not a range START-END"))?;
+    let (start, end) = (hex_address(start)?, hex_address(end)?);
+    if start >= end {
+        return Err(format!("`{text}`: the range's start must be below its end"));
+    }
+    Ok((start, end))
 }
 
 /// boot a Linux kernel in a new guest.
@@ -40,7 +182,7 @@ pub enum Command {
     subcommand,
     name = "run",
     example = "lg run 256 bzImage --initrd=initrd.cpio.gz console=ttyS0\nlg run 64 vmlinux console=ttyS0 earlyprintk=ttyS0 panic=-1\nlg run --dry-run 256 bzImage --initrd=initrd.cpio.gz root=/dev/vda",
-    note = "MEM_MB is the guest's RAM in MiB. KERNEL is a bzImage or an ELF vmlinux with a 64-bit entry.\nEvery word after KERNEL is the kernel's command line (lg adds console=ttyS0 when it names\nno console=); options may also come after KERNEL, before the first kernel word.\nThe guest's serial port (ttyS0) is lg's standard output; when standard input is a terminal,\nwhat you type goes to the guest (Ctrl-A x quits lg, Ctrl-A Ctrl-A sends Ctrl-A).\n--block=FILE[,ro][,direct]: a disk (/dev/vda, /dev/vdb, ... in order): ro makes it read-only,\ndirect bypasses the host's page cache (O_DIRECT). --rng: /dev/hwrng, fed from the host's\ngetrandom. --tunnet is refused until lg has network devices.",
+    note = "MEM_MB is the guest's RAM in MiB. KERNEL is a bzImage or an ELF vmlinux with a 64-bit entry.\nEvery word after KERNEL is the kernel's command line (lg adds console=ttyS0 when it names\nno console=); options may also come after KERNEL, before the first kernel word.\nThe guest's serial port (ttyS0) is lg's standard output; when standard input is a terminal,\nwhat you type goes to the guest (Ctrl-A x quits lg, Ctrl-A Ctrl-A sends Ctrl-A).\n--block=FILE[,ro][,direct]: a disk (/dev/vda, /dev/vdb, ... in order): ro makes it read-only,\ndirect bypasses the host's page cache (O_DIRECT). --rng: /dev/hwrng, fed from the host's\ngetrandom. --tunnet=IP gives the tap IP/24 and adds ip=<next address>::IP:255.255.255.0::eth0:off\nto the kernel's command line unless it has an ip= already (ip=off: none).",
     error_code(0, "the guest powered off or rebooted"),
     error_code(
         1,
@@ -76,6 +218,10 @@ pub struct Run {
     #[argh(option, short = 'u', arg_name = "USER")]
     pub username: Option<String>,
 
+    /// the guest's name for lg ps, lg stop, lg regs... (default lg-PID): --name=NAME
+    #[argh(option, arg_name = "NAME")]
+    pub name: Option<String>,
+
     /// check everything, print the guest lg would boot, and exit 0 without starting it
     #[argh(switch)]
     pub dry_run: bool,
@@ -101,7 +247,7 @@ pub struct Run {
     pub kernel_args: Vec<String>,
 }
 
-/// Options of `lg run` that take a value, so `--name=value` can be split.
+/// Options that take a value, so `--name=value` can be split.
 const RUN_VALUE_OPTIONS: &[&str] = &[
     "--initrd",
     "--cpus",
@@ -109,6 +255,12 @@ const RUN_VALUE_OPTIONS: &[&str] = &[
     "--tunnet",
     "--chroot",
     "--username",
+    "--name",
+    // The inspecting commands'.
+    "--cpu",
+    "--cr3",
+    "--range",
+    "--timeout",
 ];
 
 /// What came of parsing, when it was not a command to carry out.
@@ -236,13 +388,27 @@ fn checked_tunnet(text: &str) -> Result<String, String> {
     Tunnet::parse(text).map(|_| text.to_string())
 }
 
-/// Refuses the devices lg does not have yet, naming the option. As each
-/// device lands, its refusal goes.
-pub fn refuse_unavailable_devices(run: &Run) -> Result<(), String> {
-    if !run.tunnet.is_empty() {
-        return Err("--tunnet: network devices are not available yet in this lg".into());
+/// The `--tunnet` values, parsed (argh has already checked their syntax).
+pub fn tunnets(run: &Run) -> Vec<Tunnet> {
+    run.tunnet
+        .iter()
+        .filter_map(|text| Tunnet::parse(text).ok())
+        .collect()
+}
+
+/// The guest's devices, in PCI order after the UART, as `--dry-run` and
+/// `lg ps` name them.
+pub fn devices(run: &Run) -> Vec<String> {
+    let mut devices = vec![
+        "serial ttyS0".to_string(),
+        "virtio console hvc0".to_string(),
+    ];
+    devices.extend(run.block.iter().map(|file| format!("virtio block {file}")));
+    devices.extend(run.tunnet.iter().map(|spec| format!("virtio net {spec}")));
+    if run.rng {
+        devices.push("virtio rng".to_string());
     }
-    Ok(())
+    devices
 }
 
 /// What `--dry-run` prints: the guest lg would boot, one `name: value` per
@@ -253,16 +419,8 @@ pub fn describe(run: &Run) -> String {
         .memory
         .parse::<u64>()
         .map_or_else(|_| run.memory.clone(), |mib| format!("{mib} MiB"));
-    let (cmdline, console) = crate::launch::kernel_command_line(&run.kernel_args);
-    let mut devices = vec![
-        "serial ttyS0".to_string(),
-        "virtio console hvc0".to_string(),
-    ];
-    devices.extend(run.block.iter().map(|file| format!("virtio block {file}")));
-    devices.extend(run.tunnet.iter().map(|spec| format!("virtio net {spec}")));
-    if run.rng {
-        devices.push("virtio rng".to_string());
-    }
+    let (cmdline, console) = crate::launch::kernel_command_line(&run.kernel_args, &tunnets(run));
+    let devices = devices(run);
     let none = || "none".to_string();
     let mut out = String::new();
     let mut line = |name: &str, value: String| {

@@ -10,20 +10,25 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bzimage_loader::{KernelImage, LoadOptions};
-use hvc_console::{ConsoleInput, VirtioConsole};
+use hvc_console::{ConsoleInput, InterruptLine, VirtioConsole};
+use lg_control::{ControlSocket, GuestInfo, ServingSocket};
 use pci::{BarAllocator, PciBus};
 use shadow_mmu::GuestMemory;
 use switcher::irq::MsiRouting;
-use switcher::{EntryState, ExitStats, GuestEnd, Vm};
+use switcher::{EntryState, ExitStats, GuestEnd, VcpuControl, Vm};
 use virtio_blk::{BlockConfig, VirtioBlock};
+use virtio_net::{NetStats, VirtioNet};
 use virtio_pci::{TransportHooks, VirtioDevice, VirtioPciDevice};
 use virtio_rng::VirtioRng;
 
-use crate::cli::{self, Run};
+use crate::cli::{self, Run, Tunnet};
 use crate::hooks::{KvmHooks, KvmIntx};
+use crate::inspect::{self, Inspectable};
+use crate::network::{self, Nic};
 use crate::platform::{IsaIrq, Platform};
 use crate::privileges::{self, Confinement};
 use crate::terminal;
@@ -70,6 +75,19 @@ fn init_logging(verbose: bool) {
         .try_init();
 }
 
+/// The running guest's control socket, kept where every way lg can end
+/// (including `std::process::exit` from another thread) can remove it.
+static CONTROL_SOCKET: OnceLock<ServingSocket> = OnceLock::new();
+
+/// Puts back what lg changed outside itself: the terminal's mode, and the
+/// control socket. Called on every way out.
+fn tidy_up() {
+    terminal::restore();
+    if let Some(socket) = CONTROL_SOCKET.get() {
+        socket.remove();
+    }
+}
+
 /// A guest loaded into memory, not yet given to KVM.
 struct PreparedGuest {
     memory: Arc<GuestMemory>,
@@ -79,6 +97,15 @@ struct PreparedGuest {
     confinement: Confinement,
     /// The `--block` disks, open (and locked), in /dev/vda order.
     disks: Vec<VirtioBlock>,
+    /// `--tunnet`: the network cards, whose taps are made at boot.
+    tunnets: Vec<Tunnet>,
+    /// What the cards' MACs are derived from (`network::guest_identity`).
+    identity: String,
+    /// What `lg ps` says of the guest (its tap names are added at boot).
+    info: GuestInfo,
+    /// Whether the user named the guest (`--name`): then a control socket
+    /// is a must, since they mean to use the name.
+    named: bool,
     /// `--rng`: a virtio entropy device.
     rng: bool,
 }
@@ -87,10 +114,18 @@ struct PreparedGuest {
 fn prepare(args: &Run) -> Result<PreparedGuest, String> {
     let memory_mib = parse_memory(&args.memory)?;
     check_cpus(args.cpus, online_cpus())?;
+    let name = match &args.name {
+        Some(name) => {
+            lg_control::check_name(name).map_err(|e| format!("--name={name}: {e}"))?;
+            name.clone()
+        }
+        None => lg_control::default_name(std::process::id()),
+    };
     // A disk that is not there is a typo to report before a device lg
     // lacks.
     let disks = open_disks(&args.block)?;
-    cli::refuse_unavailable_devices(args)?;
+    let tunnets = cli::tunnets(args);
+    network::check_bridges(&tunnets)?;
     let confinement = Confinement::check(args.chroot.as_deref(), args.username.as_deref())?;
     let kernel_path = Path::new(&args.kernel);
     let kernel = KernelImage::open(kernel_path).map_err(|e| e.to_string())?;
@@ -100,7 +135,7 @@ fn prepare(args: &Run) -> Result<PreparedGuest, String> {
         .map_err(|e| format!("cannot give the guest {memory_mib} MiB: {e}"))?;
     let rsdp = acpi::write_tables(&memory, &acpi::AcpiConfig { vcpus: args.cpus })
         .map_err(|e| format!("cannot build the ACPI tables: {e}"))?;
-    let (cmdline, console) = kernel_command_line(&args.kernel_args);
+    let (cmdline, console) = kernel_command_line(&args.kernel_args, &tunnets);
     let options = LoadOptions {
         cmdline: &cmdline,
         initrd: args.initrd.as_deref().map(Path::new),
@@ -124,6 +159,19 @@ fn prepare(args: &Run) -> Result<PreparedGuest, String> {
         console,
         confinement,
         disks,
+        tunnets,
+        identity: network::guest_identity(&args.kernel, &args.block, &cmdline),
+        info: GuestInfo {
+            name,
+            pid: std::process::id(),
+            memory_mib,
+            vcpus: u32::from(args.cpus),
+            started_unix_ms: 0,
+            kernel: args.kernel.clone(),
+            state: "running".into(),
+            devices: cli::devices(args),
+        },
+        named: args.name.is_some(),
         rng: args.rng,
     })
 }
@@ -169,10 +217,11 @@ pub(crate) enum ConsoleDevice {
 /// (such as a distribution kernel's virtio_console) is loaded.
 const DEFAULT_CONSOLE: &str = "console=ttyS0";
 
-/// The kernel's command line from the user's words, and the console that
-/// lg's terminal types into: the kernel's own `/dev/console` is the last
-/// `console=` given, so that is the one a person is talking to.
-pub(crate) fn kernel_command_line(words: &[String]) -> (String, ConsoleDevice) {
+/// The kernel's command line from the user's words (plus `ip=` for a
+/// `--tunnet=IP`, see `network`), and the console that lg's terminal types
+/// into: the kernel's own `/dev/console` is the last `console=` given, so
+/// that is the one a person is talking to.
+pub(crate) fn kernel_command_line(words: &[String], tunnets: &[Tunnet]) -> (String, ConsoleDevice) {
     let last_console = words.iter().rev().find_map(|w| w.strip_prefix("console="));
     let console = match last_console {
         Some(name) if name.starts_with("hvc") => ConsoleDevice::Hvc,
@@ -184,6 +233,10 @@ pub(crate) fn kernel_command_line(words: &[String]) -> (String, ConsoleDevice) {
             cmdline.push(' ');
         }
         cmdline.push_str(DEFAULT_CONSOLE);
+    }
+    if let Some(ip) = network::ip_autoconfig(words, tunnets) {
+        cmdline.push(' ');
+        cmdline.push_str(&ip);
     }
     (cmdline, console)
 }
@@ -246,6 +299,24 @@ fn boot(guest: PreparedGuest) -> u8 {
         eprintln!("lg: {e}");
         return EXIT_REFUSED;
     }
+    // The taps first: a host that will not let lg make one (no root, no
+    // tun module) is told so before anything else is built.
+    let nics = match network::open_nics(&guest.tunnets, &guest.identity) {
+        Ok(nics) => nics,
+        Err(message) => {
+            eprintln!("lg: {message}");
+            return EXIT_REFUSED;
+        }
+    };
+    // The name next: a second guest of the same name is refused before
+    // it costs anything.
+    let socket = match control_socket(&guest.info.name, guest.named) {
+        Ok(socket) => socket,
+        Err(message) => {
+            eprintln!("lg: {message}");
+            return EXIT_REFUSED;
+        }
+    };
     let vm = match Vm::new(Arc::clone(&guest.memory)) {
         Ok(vm) => vm,
         Err(e) => {
@@ -271,13 +342,18 @@ fn boot(guest: PreparedGuest) -> u8 {
             return EXIT_REFUSED;
         }
     };
-    let bus = match pci_devices(&vm, Arc::clone(&hvc_input), guest.disks, guest.rng) {
-        Ok(bus) => bus,
-        Err(message) => {
-            eprintln!("lg: {message}");
-            return EXIT_REFUSED;
-        }
-    };
+    let tap_names: Vec<String> = nics
+        .iter()
+        .map(|nic| nic.tap.0.name().to_string())
+        .collect();
+    let (bus, nic_stats) =
+        match pci_devices(&vm, Arc::clone(&hvc_input), guest.disks, nics, guest.rng) {
+            Ok(built) => built,
+            Err(message) => {
+                eprintln!("lg: {message}");
+                return EXIT_REFUSED;
+            }
+        };
     // Every file and KVM handle is open: --chroot and --username now.
     if let Err(message) = privileges::drop(&guest.confinement) {
         eprintln!("lg: {message}");
@@ -296,10 +372,45 @@ fn boot(guest: PreparedGuest) -> u8 {
         eprintln!("lg: {message}");
         return EXIT_REFUSED;
     }
-    let stats = Arc::new(ExitStats::default());
-    let end = switcher::run::run(vcpus, platform, Arc::clone(&stats));
-    terminal::restore();
-    log::info!("{stats}");
+    let stats: Arc<[ExitStats]> = (0..guest.cpus).map(|_| ExitStats::default()).collect();
+    let control = Arc::new(VcpuControl::new(usize::from(guest.cpus)));
+    let mut info = guest.info;
+    info.started_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |t| t.as_millis() as u64);
+    let power_button = IsaIrq {
+        vm: Arc::clone(vm.fd()),
+        irq: hcall_abi::layout::POWER_BUTTON_GSI,
+    };
+    let inspectable = Inspectable {
+        info,
+        vcpus: Arc::clone(&control),
+        memory: Arc::clone(&guest.memory),
+        exits: Arc::clone(&stats),
+        nics: tap_names.into_iter().zip(nic_stats).collect(),
+        press_power_button: Box::new(move || power_button.trigger()),
+        force_stop: Box::new(|| {
+            tidy_up();
+            eprintln!("\r\nlg: stopped by lg stop --force");
+            std::process::exit(i32::from(EXIT_STOPPED));
+        }),
+    };
+    if let Some(socket) = socket {
+        match socket.serve(inspect::handler(inspectable)) {
+            Ok(serving) => {
+                let _ = CONTROL_SOCKET.set(serving);
+            }
+            Err(message) => {
+                eprintln!("lg: {message}");
+                return EXIT_REFUSED;
+            }
+        }
+    }
+    let end = switcher::run::run(vcpus, platform, Arc::clone(&stats), control);
+    tidy_up();
+    for (index, vcpu_stats) in stats.iter().enumerate() {
+        log::info!("vCPU {index} {vcpu_stats}");
+    }
     match end {
         GuestEnd::PowerOff => {
             log::info!("the guest powered off");
@@ -320,17 +431,34 @@ fn boot(guest: PreparedGuest) -> u8 {
     }
 }
 
+/// The guest's control socket. A guest the user did not name still boots
+/// where there is no runtime directory for sockets (no `XDG_RUNTIME_DIR`,
+/// not root): it only goes without `lg ps` and friends, and lg says so.
+fn control_socket(name: &str, named: bool) -> Result<Option<ControlSocket>, String> {
+    let dir = match lg_control::runtime_dir() {
+        Ok(dir) => dir,
+        Err(message) if !named => {
+            log::warn!("{message}; this guest will not be seen by lg ps, lg stop or lg regs");
+            return Ok(None);
+        }
+        Err(message) => return Err(format!("--name={name}: {message}")),
+    };
+    ControlSocket::bind_in(&dir, name).map(Some)
+}
+
 /// The PCI bus and its devices: the host bridge, the virtio console, then
 /// the disks (so the guest names them vda, vdb, ... in `--block` order),
-/// then the entropy device.
+/// the network cards (eth0, eth1, ... in `--tunnet` order), then the
+/// entropy device.
 /// Each device gets the next slot, a BAR in the MMIO hole, and the INTx
 /// line the DSDT's `_PRT` gives that slot.
 fn pci_devices(
     vm: &Vm,
     hvc_input: Arc<ConsoleInput>,
     disks: Vec<VirtioBlock>,
+    nics: Vec<Nic>,
     rng: bool,
-) -> Result<PciBus, String> {
+) -> Result<(PciBus, Vec<Arc<NetStats>>), String> {
     let routing = MsiRouting::new(Arc::clone(vm.fd()));
     let hooks: Arc<dyn TransportHooks> = Arc::new(KvmHooks {
         vm: Arc::clone(vm.fd()),
@@ -347,6 +475,12 @@ fn pci_devices(
             .into_iter()
             .map(|disk| Box::new(disk) as Box<dyn VirtioDevice>),
     );
+    let mut nic_stats = Vec::new();
+    for nic in nics {
+        let card = VirtioNet::new(nic.tap, nic.mac);
+        nic_stats.push(card.stats());
+        devices.push(Box::new(card));
+    }
     if rng {
         devices.push(Box::new(VirtioRng::new()));
     }
@@ -379,7 +513,7 @@ fn pci_devices(
             ));
         }
     }
-    Ok(bus)
+    Ok((bus, nic_stats))
 }
 
 /// Starts the threads that serve the person rather than the guest: terminal
@@ -388,7 +522,7 @@ fn pci_devices(
 fn start_control_threads(typed_into: KeysSink) -> Result<(), String> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        terminal::restore();
+        tidy_up();
         default_hook(info);
     }));
 
@@ -407,7 +541,7 @@ fn start_control_threads(typed_into: KeysSink) -> Result<(), String> {
         .name("signals".into())
         .spawn(move || {
             if let Ok(signal) = stopping.wait() {
-                terminal::restore();
+                tidy_up();
                 eprintln!("\r\nlg: stopped by {signal}");
                 std::process::exit(i32::from(EXIT_STOPPED));
             }
@@ -432,7 +566,7 @@ fn start_control_threads(typed_into: KeysSink) -> Result<(), String> {
                 interactive,
                 |bytes| typed_into(bytes),
                 || {
-                    terminal::restore();
+                    tidy_up();
                     eprintln!("\r\nlg: quit (Ctrl-A x)");
                     std::process::exit(i32::from(EXIT_STOPPED));
                 },
@@ -453,27 +587,27 @@ mod tests {
     #[test]
     fn lg_adds_a_serial_console_only_when_none_is_named() {
         assert_eq!(
-            kernel_command_line(&words("root=/dev/vda")),
+            kernel_command_line(&words("root=/dev/vda"), &[]),
             (
                 "root=/dev/vda console=ttyS0".to_string(),
                 ConsoleDevice::Serial
             )
         );
         assert_eq!(
-            kernel_command_line(&[]),
+            kernel_command_line(&[], &[]),
             ("console=ttyS0".to_string(), ConsoleDevice::Serial)
         );
         assert_eq!(
-            kernel_command_line(&words("console=hvc0 quiet")),
+            kernel_command_line(&words("console=hvc0 quiet"), &[]),
             ("console=hvc0 quiet".to_string(), ConsoleDevice::Hvc)
         );
     }
 
     #[test]
     fn the_last_console_named_is_the_one_typed_into() {
-        let (_, console) = kernel_command_line(&words("console=hvc0 console=ttyS0"));
+        let (_, console) = kernel_command_line(&words("console=hvc0 console=ttyS0"), &[]);
         assert_eq!(console, ConsoleDevice::Serial);
-        let (_, console) = kernel_command_line(&words("console=ttyS0,115200 console=hvc0"));
+        let (_, console) = kernel_command_line(&words("console=ttyS0,115200 console=hvc0"), &[]);
         assert_eq!(console, ConsoleDevice::Hvc);
     }
 

@@ -19,6 +19,10 @@
 //!   and putting it back however lg ends.
 //! - [`privileges`]: `--chroot` and `--username`, giving up what lg no
 //!   longer needs once the guest is set up.
+//! - [`network`]: `--tunnet`, the guest's network cards on host taps.
+//! - [`inspect`]: what a running lg answers on its control socket;
+//!   [`commands`]: `lg ps`, `lg stop`, `lg regs`, `lg dump-pagetables`... the
+//!   commands that ask it.
 //!
 //! Exit statuses (also in `lg run --help`): 0 the guest powered off or
 //! rebooted; 1 lg refused to start (bad input, or a host that cannot run the
@@ -27,8 +31,11 @@
 
 mod classic;
 mod cli;
+mod commands;
 mod hooks;
+mod inspect;
 mod launch;
+mod network;
 mod platform;
 mod privileges;
 mod terminal;
@@ -57,5 +64,6 @@ fn main() -> ExitCode {
     };
     match command {
         cli::Command::Run(run) => launch::run(run),
+        other => commands::run(other),
     }
 }

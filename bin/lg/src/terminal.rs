@@ -27,6 +27,11 @@ pub fn stdin_is_terminal() -> bool {
     nix::unistd::isatty(std::io::stdin().as_fd()).unwrap_or(false)
 }
 
+/// Whether standard output is a terminal (to redraw `lg stat --watch`).
+pub fn stdout_is_terminal() -> bool {
+    nix::unistd::isatty(std::io::stdout().as_fd()).unwrap_or(false)
+}
+
 /// Puts the terminal on standard input into raw mode, remembering how it was.
 pub fn enter_raw_mode() -> nix::Result<()> {
     let stdin = std::io::stdin();

@@ -5,7 +5,17 @@
 //! which gives the sleep type to write for "soft off" (the kernel will not
 //! offer ACPI power-off without it), and the `\_SB` (system bus) scope with
 //! the devices a kernel cannot discover on its own: COM1, the pvpanic port
-//! through which a panicking guest tells lg so, and the PCI host bridge.
+//! through which a panicking guest tells lg so, the power button through
+//! which lg asks the guest to shut down, and the PCI host bridge.
+//!
+//! The power button takes two devices because the machine is
+//! hardware-reduced: the fixed power button of the FADT needs the PM1 event
+//! block and the SCI this machine lacks. Instead `PWRB` is a control-method
+//! power button (`PNP0C0C`), and `GED0`, a Generic Event Device
+//! (`ACPI0013`), owns the interrupt lg pulses for it; Linux's GED driver
+//! runs `GED0._EVT` on each edge, which notifies `PWRB` that it was
+//! pressed, and the button driver reports `KEY_POWER` on the "Power Button"
+//! input device for userspace to act on.
 //!
 //! The host bridge matters most: with ACPI, Linux scans PCI only below a
 //! root bridge it finds in the namespace (`PNP0A08`/`PNP0A03`), and takes
@@ -14,13 +24,13 @@
 //! INTx pins are wired to, for guests that do not use MSI-X.
 
 use acpi_tables::aml::{
-    AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package,
-    ResourceTemplate, Scope, IO, ZERO,
+    AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Method, Name, Notify,
+    Package, Path, ResourceTemplate, Scope, IO, ZERO,
 };
 use acpi_tables::sdt::Sdt;
 use hcall_abi::layout::{
     pci_intx_gsi, ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT,
-    PCI_CONFIG_ADDRESS_PORT, PCI_MMIO_END, PCI_MMIO_START, PVPANIC_PORT,
+    PCI_CONFIG_ADDRESS_PORT, PCI_MMIO_END, PCI_MMIO_START, POWER_BUTTON_GSI, PVPANIC_PORT,
 };
 
 use crate::{encode, OEM_ID, OEM_REVISION};
@@ -35,6 +45,11 @@ const COM1_LENGTH: u8 = {
     assert!(COM1_PORT_COUNT <= u8::MAX as u16);
     COM1_PORT_COUNT as u8
 };
+
+/// The notification a power button device sends when pressed ("S0 Power
+/// Button Pressed" in the ACPI spec's device-specific notification values);
+/// Linux's button driver takes it as a press.
+const POWER_BUTTON_PRESSED: u8 = 0x80;
 
 /// The DSDT's bytes.
 pub(crate) fn build() -> Vec<u8> {
@@ -65,8 +80,28 @@ pub(crate) fn build() -> Vec<u8> {
     let pvpanic_crs = Name::new("_CRS".into(), &pvpanic_resources);
     let pvpanic = Device::new("PEVT".into(), vec![&pvpanic_hid, &pvpanic_crs]);
 
+    // The button itself has no resources: it only receives notifications.
+    let pwrb_hid = Name::new("_HID".into(), &EISAName::new("PNP0C0C"));
+    let pwrb_uid = Name::new("_UID".into(), &ZERO);
+    let pwrb = Device::new("PWRB".into(), vec![&pwrb_hid, &pwrb_uid]);
+
+    // Edge-triggered because lg pulses the pin rather than holding it until
+    // the guest acknowledges; exclusive so the GED's handler runs for button
+    // presses only. _EVT gets the GSI as its argument but need not look at
+    // it, the GED having only the one interrupt. Linux would prefer an _E0A
+    // method for this pin but falls back to _EVT, which every GED-aware OS
+    // knows.
+    let ged_irq = Interrupt::new(true, true, false, false, POWER_BUTTON_GSI);
+    let ged_resources = ResourceTemplate::new(vec![&ged_irq]);
+    let ged_hid = Name::new("_HID".into(), &"ACPI0013");
+    let ged_crs = Name::new("_CRS".into(), &ged_resources);
+    let pwrb_path = Path::new("\\_SB_.PWRB");
+    let press = Notify::new(&pwrb_path, &POWER_BUTTON_PRESSED);
+    let ged_evt = Method::new("_EVT".into(), 1, false, vec![&press]);
+    let ged = Device::new("GED0".into(), vec![&ged_hid, &ged_crs, &ged_evt]);
+
     let pci = host_bridge();
-    let system_bus = Scope::new("\\_SB_".into(), vec![&com1, &pvpanic, &pci]);
+    let system_bus = Scope::new("\\_SB_".into(), vec![&com1, &pvpanic, &pwrb, &ged, &pci]);
 
     let mut dsdt = Sdt::new(
         *b"DSDT",

@@ -2,14 +2,16 @@
 //!
 //! A PC kernel once found its CPUs in Intel's MP tables and switched itself
 //! off through APM. Today it asks ACPI, and Debian's cloud kernel asks nothing
-//! else: without ACPI tables it sees one CPU, no IO-APIC, and has no way to
-//! tell lg that `poweroff` means the guest is done. So before the first vCPU
-//! runs, lg writes a few tables into the BIOS area of guest memory (from
-//! `ACPI_START`, where a kernel that scans for them would also look) and puts
-//! the address of the first one, the RSDP, in the zero page:
+//! else: without ACPI tables it sees one CPU, no IO-APIC, no power button
+//! for lg to press, and has no way to tell lg that `poweroff` means the guest
+//! is done. So before the first vCPU runs, lg writes a few tables into the
+//! BIOS area of guest memory (from `ACPI_START`, where a kernel that scans
+//! for them would also look) and puts the address of the first one, the
+//! RSDP, in the zero page:
 //!
 //! ```text
-//! RSDP ──> XSDT ─┬─> FADT ──> DSDT   fixed hardware; AML namespace (\_S5, COM1)
+//! RSDP ──> XSDT ─┬─> FADT ──> DSDT   fixed hardware; AML namespace (\_S5,
+//!                │                   COM1, pvpanic, power button, PCI0)
 //!                └─> MADT            local APICs, IO-APIC, NMI wiring
 //! ```
 //!
@@ -19,7 +21,10 @@
 //! control register (writing `SLP_TYP << 2 | SLP_EN` there powers off), the
 //! sleep status register, and the reset register (reboot). `fadt.rs` says
 //! where they are, `dsdt.rs` gives the sleep type for S5, and `madt.rs`
-//! describes the interrupt controllers KVM emulates.
+//! describes the interrupt controllers KVM emulates. With no SCI there is no
+//! fixed power button either, so `dsdt.rs` also describes one built from
+//! AML: a Generic Event Device whose interrupt lg pulses, and whose event
+//! method notifies a power button device.
 //!
 //! rust-vmm's `acpi_tables` crate does the byte-level encoding and computes
 //! every checksum; this crate decides what the tables say. Nothing here reads
@@ -176,7 +181,7 @@ mod tests {
     use super::*;
     use hcall_abi::layout::{
         ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
-        ACPI_SLEEP_STATUS_PORT, COM1_IRQ, COM1_PORT, IOAPIC_ADDR, LAPIC_ADDR,
+        ACPI_SLEEP_STATUS_PORT, COM1_IRQ, COM1_PORT, IOAPIC_ADDR, LAPIC_ADDR, POWER_BUTTON_GSI,
     };
 
     const MIB: u64 = 1 << 20;
@@ -471,6 +476,45 @@ mod tests {
         // IO(Decode16, 0x505, 0x505, 1, 1)
         let [lo, hi] = hcall_abi::layout::PVPANIC_PORT.to_le_bytes();
         assert!(find(aml, &[0x47, 0x01, lo, hi, lo, hi, 0x01, 0x01]).is_some());
+    }
+
+    #[test]
+    fn dsdt_describes_a_power_button() {
+        let (_mem, tables) = write_and_follow(1);
+        let aml = &tables.dsdt.bytes[HEADER_LEN..];
+        // Device (PWRB) { Name (_HID, EISAID ("PNP0C0C")) }, the EISA id as a
+        // DWordConst.
+        assert!(find(aml, b"PWRB").is_some());
+        assert!(find(aml, &[b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0c, 0x0c]).is_some());
+    }
+
+    #[test]
+    fn dsdt_describes_a_generic_event_device_that_presses_the_button() {
+        let (_mem, tables) = write_and_follow(1);
+        let aml = &tables.dsdt.bytes[HEADER_LEN..];
+        assert!(find(aml, b"GED0").is_some());
+        // _HID "ACPI0013", as a string, as Linux's evged driver expects.
+        assert!(find(aml, b"_HID\x0dACPI0013\x00").is_some());
+        // Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) { 10 }
+        let irq = POWER_BUTTON_GSI.to_le_bytes();
+        assert!(find(
+            aml,
+            &[0x89, 0x06, 0x00, 0x03, 0x01, irq[0], irq[1], irq[2], irq[3]]
+        )
+        .is_some());
+        // Method (_EVT, 1, NotSerialized) { Notify (\_SB.PWRB, 0x80) }: the
+        // MethodOp and its one-byte package length, the name, the flags (one
+        // argument), then NotifyOp, the root-relative dual name and 0x80 as
+        // a ByteConst.
+        let evt = find(aml, b"_EVT").expect("GED0._EVT in the DSDT");
+        assert_eq!(aml[evt - 2], 0x14, "a Method");
+        assert_eq!(aml[evt + 4], 0x01, "of one argument, not serialized");
+        let notify = [
+            0x86, b'\\', 0x2e, b'_', b'S', b'B', b'_', b'P', b'W', b'R', b'B', 0x0a, 0x80,
+        ];
+        assert_eq!(&aml[evt + 5..evt + 5 + notify.len()], notify);
+        let method_len = aml[evt - 1] as usize;
+        assert_eq!(method_len, 1 + 4 + 1 + notify.len(), "_EVT does only that");
     }
 
     #[test]

@@ -104,6 +104,18 @@ pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
 /// The SLP_EN bit of the sleep control register.
 pub const ACPI_SLEEP_ENABLE: u8 = 1 << 5;
 
+/// The IO-APIC input (GSI) lg pulses to press the guest's ACPI power button
+/// when asked to stop the guest. A hardware-reduced machine has no fixed
+/// power button and no SCI to report one on, so the DSDT's Generic Event
+/// Device claims this pin and turns its interrupt into a press of the
+/// `PNP0C0C` button. The pins above 15 belong to PCI INTx; of the ISA pins,
+/// 10 is one no device lg emulates uses and PC tradition leaves free for
+/// add-in cards, so no legacy driver a kernel loads will claim it either.
+/// Edge-triggered and active-high: what the kernel assumes of an ISA pin the
+/// MADT does not override, so the DSDT's description agrees with it.
+pub const POWER_BUTTON_GSI: u32 = 10;
+const _: () = assert!(POWER_BUTTON_GSI < PCI_INTX_FIRST_GSI && POWER_BUTTON_GSI != COM1_IRQ);
+
 /// QEMU's pvpanic port, which stock Linux's `pvpanic-mmio` driver finds
 /// through the DSDT device `QEMU0001`: reading it tells the guest which
 /// events lg understands; the guest writes one of them when it panics.

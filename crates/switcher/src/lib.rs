@@ -25,11 +25,15 @@
 pub mod cpu;
 pub mod host;
 pub mod irq;
+pub mod regs_dump;
 pub mod run;
+pub mod vcpu_control;
 pub mod vm;
 
 pub use cpu::EntryState;
 pub use cpu::Vcpu;
 pub use host::{check_host, HostError};
+pub use regs_dump::format_registers;
 pub use run::{ExitHandler, ExitStats, GuestEnd, PortAction};
+pub use vcpu_control::{Registers, VcpuControl};
 pub use vm::{SwitcherError, Vm};

@@ -16,6 +16,7 @@ use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EV
 use kvm_ioctls::VcpuExit;
 
 use crate::cpu::Vcpu;
+use crate::vcpu_control::VcpuControl;
 
 /// How the guest's life ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +54,7 @@ pub trait ExitHandler: Send + Sync {
     fn mmio_write(&self, addr: u64, data: &[u8]) -> PortAction;
 }
 
-/// How many exits of each kind the guest caused, for `--verbose` and, later,
+/// How many exits of each kind one vCPU caused, for `--verbose` and
 /// `lg stat`.
 #[derive(Default, Debug)]
 pub struct ExitStats {
@@ -94,17 +95,30 @@ impl fmt::Display for ExitStats {
 }
 
 /// Runs every vCPU on its own thread until the guest ends, and says how it
-/// ended. The vCPU threads still blocked in `KVM_RUN` are left behind; the
-/// caller is expected to tidy up and end the process.
-pub fn run(vcpus: Vec<Vcpu>, handler: Arc<dyn ExitHandler>, stats: Arc<ExitStats>) -> GuestEnd {
+/// ended. `stats` has one entry per vCPU; `control` lets other threads
+/// pause the vCPUs and read their registers. The vCPU threads still blocked
+/// in `KVM_RUN` are left behind; the caller is expected to tidy up and end
+/// the process.
+pub fn run(
+    vcpus: Vec<Vcpu>,
+    handler: Arc<dyn ExitHandler>,
+    stats: Arc<[ExitStats]>,
+    control: Arc<VcpuControl>,
+) -> GuestEnd {
     let (ended, end) = mpsc::channel();
     for vcpu in vcpus {
         let handler = Arc::clone(&handler);
         let stats = Arc::clone(&stats);
+        let control = Arc::clone(&control);
         let ended = ended.clone();
         let name = format!("vcpu{}", vcpu.index);
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            let why = run_vcpu(vcpu, handler.as_ref(), &stats);
+            let index = usize::from(vcpu.index);
+            control.register_thread(index);
+            let why = match stats.get(index) {
+                Some(stats) => run_vcpu(vcpu, handler.as_ref(), stats, &control),
+                None => GuestEnd::Crash(format!("vCPU {index} has no statistics slot")),
+            };
             let _ = ended.send(why);
         });
         if let Err(e) = spawned {
@@ -112,8 +126,11 @@ pub fn run(vcpus: Vec<Vcpu>, handler: Arc<dyn ExitHandler>, stats: Arc<ExitStats
         }
     }
     drop(ended);
-    end.recv()
-        .unwrap_or_else(|_| GuestEnd::Crash("every vCPU thread ended without a reason".into()))
+    let why = end
+        .recv()
+        .unwrap_or_else(|_| GuestEnd::Crash("every vCPU thread ended without a reason".into()));
+    control.end();
+    why
 }
 
 /// Where a vCPU was when it shut down, as " (last RIP ...)", or nothing
@@ -132,9 +149,15 @@ fn last_rip(vcpu: &Vcpu) -> String {
 }
 
 /// One vCPU's loop. Returns when this vCPU has seen the guest end.
-fn run_vcpu(mut vcpu: Vcpu, handler: &dyn ExitHandler, stats: &ExitStats) -> GuestEnd {
+fn run_vcpu(
+    mut vcpu: Vcpu,
+    handler: &dyn ExitHandler,
+    stats: &ExitStats,
+    control: &VcpuControl,
+) -> GuestEnd {
     let index = vcpu.index;
     loop {
+        control.checkpoint(usize::from(index), &vcpu.fd);
         let action = match vcpu.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 stats.count(&stats.port_in, "port in", index);

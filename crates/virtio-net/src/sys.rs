@@ -1,0 +1,73 @@
+//! The system calls on the tap's descriptor: one packet per `read` and
+//! `write`, and `poll` for the network thread.
+//!
+//! std has no safe way to read from or write to a borrowed raw descriptor
+//! without wrapping it in a `File` (which would close it when dropped), so
+//! these are the few thin `libc` calls, each retried on EINTR so that
+//! callers see only errors that mean something.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// Reads one packet into `buf`; returns its length (0 at end of file, which
+/// a tap never reports but a socketpair whose other end closed does).
+pub(crate) fn read_packet(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is a valid, writable buffer of `buf.len()` bytes for
+        // the duration of the call, and `fd` is open for as long as it is
+        // borrowed.
+        let got = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if got >= 0 {
+            return Ok(got as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Writes `packet` as one packet.
+pub(crate) fn write_packet(fd: BorrowedFd<'_>, packet: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `packet` is a valid buffer of `packet.len()` bytes for the
+        // duration of the call, and `fd` is open for as long as it is
+        // borrowed.
+        let sent = unsafe { libc::write(fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+        if sent >= 0 {
+            return Ok(sent as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Whether a failed write means "the host's queue is full, try again when
+/// it drains" rather than "this packet will never go".
+pub(crate) fn is_full(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EAGAIN) | Some(libc::ENOBUFS)
+    ) || error.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Waits for `fds` (a negative fd is skipped, as poll(2) does) for at most
+/// `timeout_ms` (-1: for ever). An interrupted wait returns with no events,
+/// and the caller simply looks again.
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<()> {
+    // SAFETY: `fds` is a live, correctly sized array of pollfd for the
+    // duration of the call; poll only writes their revents.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if ready < 0 {
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+        for fd in fds {
+            fd.revents = 0;
+        }
+    }
+    Ok(())
+}
