@@ -234,8 +234,9 @@ ticker)
 	while true; do
 		n=$((n + 1))
 		echo "LG_TICK=$n"
+		# `wait $!`, not `wait`: the power-button watcher is a child too.
 		sleep 1 &
-		wait
+		wait $!
 	done
 	;;
 pattern)

@@ -92,8 +92,9 @@ fn stop_guest(stop: &Stop) -> Result<(), String> {
     let request = Request::Stop { force: stop.force };
     match lg_control::request(&stop.name, &request) {
         Ok(_) => {}
-        Err(ClientError::NoSuchGuest(_)) if stop.force => {
-            // The forced lg may end before it finishes answering.
+        Err(_) if stop.force => {
+            // The forced lg may end before it finishes answering; whether
+            // it is gone is what the loop below checks.
         }
         Err(e) => return Err(e.to_string()),
     }

@@ -389,10 +389,17 @@ fn boot(guest: PreparedGuest) -> u8 {
         exits: Arc::clone(&stats),
         nics: tap_names.into_iter().zip(nic_stats).collect(),
         press_power_button: Box::new(move || power_button.trigger()),
+        // Ends lg a moment later, on a thread of its own, so the control
+        // thread can first tell `lg stop --force` that it is done.
         force_stop: Box::new(|| {
-            tidy_up();
-            eprintln!("\r\nlg: stopped by lg stop --force");
-            std::process::exit(i32::from(EXIT_STOPPED));
+            let _ = std::thread::Builder::new()
+                .name("force-stop".into())
+                .spawn(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    tidy_up();
+                    eprintln!("\r\nlg: stopped by lg stop --force");
+                    std::process::exit(i32::from(EXIT_STOPPED));
+                });
         }),
     };
     if let Some(socket) = socket {
@@ -405,6 +412,14 @@ fn boot(guest: PreparedGuest) -> u8 {
                 return EXIT_REFUSED;
             }
         }
+    }
+    if let Some(started) = crate::STARTED.get() {
+        // What lg itself costs before the guest runs: parsing, loading the
+        // kernel, building the machine (`cargo xtask bench` reads this line).
+        log::info!(
+            "start-up: {:.2} ms from main() to starting the vCPUs",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
     }
     let end = switcher::run::run(vcpus, platform, Arc::clone(&stats), control);
     tidy_up();

@@ -42,7 +42,12 @@ mod terminal;
 
 use std::process::ExitCode;
 
+/// When `main` began: lg's own start-up time (to the vCPUs' first
+/// `KVM_RUN`) is measured from here and logged with `--verbose`.
+pub static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
+    let _ = STARTED.set(std::time::Instant::now());
     let args: Vec<String> = std::env::args().collect();
     // Started as `lguest` (or `lg lguest ...`): lguest's classic syntax.
     let parsed = match classic::classic_arguments(&args) {
