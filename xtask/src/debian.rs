@@ -216,8 +216,9 @@ fn apt_get_update() -> Result<(), Error> {
     Ok(())
 }
 
-/// The unpacked tree of `package`, downloading and unpacking as needed.
-fn download_and_unpack(package: &str) -> Result<PathBuf, Error> {
+/// The unpacked tree of `package`, downloading and unpacking as needed
+/// (also how `cargo xtask kernel` gets `linux-source-6.1`).
+pub fn download_and_unpack(package: &str) -> Result<PathBuf, Error> {
     let deb = match cached_deb(package)? {
         Some(deb) => deb,
         None => download(package)?,

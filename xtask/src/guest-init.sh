@@ -27,9 +27,12 @@
 #                      LG_PING_<address>=ok|fail for each, power off
 #   lgtest=netidle     print LG_NET_IDLE=<eth0's address> and wait to be killed
 #   lgtest=idle        print LG_IDLE and wait (for the power button, a signal, or lg's end)
+#   lgbutton=ignore    (with any lgtest) do not power off when the ACPI power button is pressed
 #   lgtest=ticker      print LG_TICK=<n> every second, for ever (until the power button or a signal)
 #   lgtest=pattern     run /bin/lg-pattern (a page of a known pattern at a fixed address; it
 #                      prints LG_PATTERN_READY va=...) and wait, as idle
+#   lgtest=gdbsync     print LG_KSYM_SYNC=<address of __x64_sys_sync>, wait for a line on the
+#                      console, run sync, print LG_SYNC_DONE, power off
 #   root=/dev/vda      (with no lgtest, or lgtest=rootfs) switch to that disk's /sbin/init
 #   anything else      a busybox shell on the console; leaving it powers off
 # When the kernel's console is hvc0 (console=hvc0), init also writes
@@ -64,10 +67,12 @@ report() {
 	echo "<1>$1" >/dev/kmsg 2>/dev/null
 }
 
-# The ACPI power button (lg stop NAME): as systemd-logind or acpid would,
-# init powers the guest off when it is pressed. The button is the input
-# device named "Power Button"; one event from it is enough.
+# The ACPI power button (lg stop NAME, or a signal to lg): as
+# systemd-logind or acpid would, init powers the guest off when it is
+# pressed. The button is the input device named "Power Button"; one event
+# from it is enough. lgbutton=ignore plays a guest that ignores it.
 for event in /sys/class/input/event*; do
+	[ "$lgbutton" = ignore ] && break
 	[ "$(cat "$event/device/name" 2>/dev/null)" = "Power Button" ] || continue
 	(
 		dd if="/dev/input/${event##*/}" of=/dev/null bs=24 count=1 2>/dev/null &&
@@ -253,6 +258,16 @@ restart)
 	reboot
 	sleep 60 &
 	wait
+	;;
+gdbsync)
+	# For the gdb stub's test: where the sync system call is (KASLR moves
+	# it each boot; root reads the real address), then one sync once the
+	# test says go on the console (gdb has its breakpoint by then).
+	report "LG_KSYM_SYNC=$(sed -n 's/^\([0-9a-f]*\) [Tt] __x64_sys_sync$/\1/p' /proc/kallsyms | head -n 1)"
+	read -r go
+	sync
+	report LG_SYNC_DONE
+	poweroff -f
 	;;
 esac
 

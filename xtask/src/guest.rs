@@ -33,6 +33,11 @@ const GUEST_INIT: &str = include_str!("guest-init.sh");
 /// compiled by [`build_guest_program`] into `/bin/lg-pattern`.
 const LG_PATTERN_SOURCE: &str = include_str!("lg-pattern.rs");
 
+/// A guest program for `cargo xtask bench`'s random-read figure: 4 KiB
+/// O_DIRECT reads at pseudo-random offsets, counted for N seconds;
+/// compiled the same way into `/bin/lg-randread`.
+const LG_RANDREAD_SOURCE: &str = include_str!("lg-randread.rs");
+
 /// The drivers the cloud kernel builds as modules, in the order they depend
 /// on each other: virtio (PCI transport, then the devices), and pvpanic,
 /// through which a panicking guest tells lg; and the power button.
@@ -137,7 +142,7 @@ impl Kit {
             .context(|| format!("cannot create {}", Self::dir().display()))?;
         crate::rootfs::build(&Self::dir(), &busybox)?;
         let recipe = format!(
-            "kernel {}\nbusybox {}\nmodules {}\n--- init ---\n{GUEST_INIT}\n--- lg-pattern ---\n{LG_PATTERN_SOURCE}",
+            "kernel {}\nbusybox {}\nmodules {}\n--- init ---\n{GUEST_INIT}\n--- lg-pattern ---\n{LG_PATTERN_SOURCE}\n--- lg-randread ---\n{LG_RANDREAD_SOURCE}",
             unpacked_from(&packages.kernel_root),
             unpacked_from(&packages.busybox_root),
             GUEST_MODULES.join(" "),
@@ -152,7 +157,16 @@ impl Kit {
         let mut archive = Archive::new();
         add_busybox_root(&mut archive, &busybox)?;
         archive.file("/init", 0o755, GUEST_INIT.as_bytes());
-        archive.file("/bin/lg-pattern", 0o755, &build_guest_program()?);
+        archive.file(
+            "/bin/lg-pattern",
+            0o755,
+            &build_guest_program("lg-pattern", LG_PATTERN_SOURCE)?,
+        );
+        archive.file(
+            "/bin/lg-randread",
+            0o755,
+            &build_guest_program("lg-randread", LG_RANDREAD_SOURCE)?,
+        );
         archive.file("/etc/lg-modules", 0o644, modules.load_order().as_bytes());
         for module in &modules.modules {
             archive.file(
@@ -203,15 +217,15 @@ impl Kit {
     }
 }
 
-/// Compiles `lg-pattern.rs` for the guest: with rustc alone (it has no
-/// dependencies), statically linked so the initramfs needs no libc.
-fn build_guest_program() -> Result<Vec<u8>, Error> {
+/// Compiles a guest program (`lg-pattern.rs`, `lg-randread.rs`) for the
+/// guest: with rustc alone (it has no dependencies), statically linked so
+/// the initramfs needs no libc.
+fn build_guest_program(name: &str, text: &str) -> Result<Vec<u8>, Error> {
     let dir = crate::target_dir().join("guest-programs");
     fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
-    let source = dir.join("lg-pattern.rs");
-    let binary = dir.join("lg-pattern");
-    fs::write(&source, LG_PATTERN_SOURCE)
-        .context(|| format!("cannot write {}", source.display()))?;
+    let source = dir.join(format!("{name}.rs"));
+    let binary = dir.join(name);
+    fs::write(&source, text).context(|| format!("cannot write {}", source.display()))?;
     // rustc beside the cargo running us, so the toolchain is the same one.
     let rustc = std::env::var_os("CARGO")
         .map(PathBuf::from)

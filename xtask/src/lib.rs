@@ -17,6 +17,8 @@
 //!   KVM runs lg and the guest kit. The end-to-end tests in `tests/` use it
 //!   through [`TestHost`].
 //! - [`bench`]: `cargo xtask bench`, lg beside QEMU in one test host.
+//! - [`kernel`]: `cargo xtask kernel`, a guest kernel with lg's drivers built
+//!   in, from Debian's kernel source and `kernel-patches/lg.config`.
 //!
 //! The binary (`src/main.rs`) is the command line over this library.
 
@@ -27,9 +29,11 @@ pub mod debian;
 pub mod error;
 pub mod guest;
 pub mod host;
+pub mod kernel;
 pub mod modules;
 pub mod rootfs;
 pub mod shell;
+pub mod soak;
 pub mod testhost;
 
 use std::path::PathBuf;

@@ -5,9 +5,10 @@
 //! every test (the README's second, and CI's), and `guest` and `testhost`
 //! expose the two pieces those are built on, for when something needs a
 //! closer look; `install` puts lg, its `lguest` link and its manual page
-//! under a prefix, and `bench` measures lg beside QEMU. The argument parsing is by hand: a few commands with a
-//! flag or two each, where `--` and the words after it must pass through
-//! untouched.
+//! under a prefix, `bench` measures lg beside QEMU, and `kernel` builds a
+//! guest kernel with lg's drivers built in, which needs no initramfs. The
+//! argument parsing is by hand: a few commands with a flag or two each,
+//! where `--` and the words after it must pass through untouched.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -43,11 +44,24 @@ usage: cargo xtask <command>
         DIR/bin/lguest a link to it (lg takes lguest's syntax under that
         name) and install the manual page as DIR/share/man/man1/lg.1
         and lguest.1
-  bench [--runs N]
+  bench [--runs N] [--only PART,...]
         build lg and the guest kit, then boot lg and QEMU (-M pc and
         -M microvm) on the same guest in one test host: boot time, memory
-        overhead, block throughput, N runs each (default 5); prints the
-        table and writes it as JSON to target/bench/ (and latest.json)
+        overhead, block and network throughput, N runs each (default 5);
+        then lg alone: lazy RAM, 8 guests at once. Parts: boot, idle, net,
+        lazy, many (default: all). Prints the tables and writes them as
+        JSON to target/bench/ (and latest.json)
+  kernel
+        build a guest kernel with every lg driver built in, from Debian's
+        linux-source-6.1 (tinyconfig plus kernel-patches/lg.config):
+        target/kernel/bzImage and vmlinux, which boot from a disk with no
+        initramfs (--block=target/guest/rootfs.ext4 root=/dev/vda); 7 to 17
+        minutes on 2 cores, then nothing until lg.config or the source changes
+  soak [--kills N] [--boots N]
+        reliability, counted, in one test host (not CI: tens of minutes):
+        N times (default 100) kill lg with SIGKILL while its guest syncs
+        writes to a disk, then check the image with e2fsck and that the
+        synced data is there; and N boots to /init (default 100)
 ";
 
 fn main() -> ExitCode {
@@ -63,6 +77,8 @@ fn main() -> ExitCode {
         "testhost" => testhost(rest),
         "install" => install(rest),
         "bench" => bench(rest),
+        "kernel" => kernel(rest),
+        "soak" => soak(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(0)
@@ -365,16 +381,23 @@ fn install(args: &[String]) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// `cargo xtask bench [--runs N]`
+/// `cargo xtask bench [--runs N] [--only PART,...]`
 fn bench(args: &[String]) -> Result<i32, Error> {
     let mut runs = 5;
+    let mut parts = xtask::bench::Part::ALL.to_vec();
+    let mut only = None;
     let mut words = args.iter();
     while let Some(word) = words.next() {
         match flag_name(word) {
             "--runs" => runs = parse_number("--runs", &flag_value(word, &mut words)?)?,
+            "--only" => {
+                let list = flag_value(word, &mut words)?;
+                parts = xtask::bench::Part::parse_list(&list)?;
+                only = Some(list);
+            }
             _ => {
                 return Err(Error::new(format!(
-                    "unknown argument `{word}` (flags: --runs N)"
+                    "unknown argument `{word}` (flags: --runs N, --only PART,...)"
                 )))
             }
         }
@@ -386,10 +409,78 @@ fn bench(args: &[String]) -> Result<i32, Error> {
     if runs != 5 {
         command.push_str(&format!(" --runs {runs}"));
     }
-    let report = xtask::bench::run(&xtask::bench::Options { runs, command })?;
+    if let Some(list) = only {
+        command.push_str(&format!(" --only {list}"));
+    }
+    let report = xtask::bench::run(&xtask::bench::Options {
+        runs,
+        parts,
+        command,
+    })?;
     print!("{}", report.table());
     let path = report.write_json()?;
     progress(format!("bench: wrote {} and latest.json", show_path(&path)));
+    Ok(0)
+}
+
+/// `cargo xtask soak [--kills N] [--boots N]`
+fn soak(args: &[String]) -> Result<i32, Error> {
+    let mut soak = xtask::soak::Soak {
+        kills: 100,
+        boots: 100,
+    };
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        let count = |value: Option<&String>| -> Result<u32, Error> {
+            value
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::new(format!("soak: {word} needs a number")))
+        };
+        match word.as_str() {
+            "--kills" => soak.kills = count(words.next())?,
+            "--boots" => soak.boots = count(words.next())?,
+            other => {
+                return Err(Error::new(format!(
+                    "soak: unknown argument `{other}` (usage: cargo xtask soak [--kills N] [--boots N])"
+                )))
+            }
+        }
+    }
+    run_visible(cargo().args(["build", "--release", "-p", "lg"]))?;
+    Kit::prepare()?;
+    testhost::prepare(Lg::Required)?;
+    xtask::soak::run(soak)
+}
+
+/// `cargo xtask kernel`
+fn kernel(args: &[String]) -> Result<i32, Error> {
+    if let Some(word) = args.first() {
+        return Err(Error::new(format!(
+            "unexpected `{word}`: `cargo xtask kernel` takes no arguments \
+             (it builds from kernel-patches/lg.config)"
+        )));
+    }
+    let started = Instant::now();
+    let built = xtask::kernel::build()?;
+    let size = |path: &std::path::Path| {
+        std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / 1_000_000.0)
+    };
+    let how = match built.make_time {
+        Some(make) => format!(
+            "built in {:.0} s ({:.0} s of it make bzImage)",
+            started.elapsed().as_secs_f64(),
+            make.as_secs_f64()
+        ),
+        None => "up to date: lg.config and the source are unchanged".to_string(),
+    };
+    progress(format!(
+        "kernel: Linux {} in {} ({:.1} MB) and {} ({:.1} MB), {how}",
+        built.release,
+        show_path(&built.bzimage),
+        size(&built.bzimage),
+        show_path(&built.vmlinux),
+        size(&built.vmlinux),
+    ));
     Ok(0)
 }
 

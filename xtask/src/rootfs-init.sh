@@ -3,10 +3,17 @@
 # which the kit's initramfs hands over to with switch_root when the kernel
 # command line has root=/dev/vda. Built by xtask/src/rootfs.rs.
 #
-# It prints LG_ROOTFS_OK, so a test sees the guest running from the disk, then:
+# A kernel with the drivers built in (`cargo xtask kernel`) starts it with no
+# initramfs at all: the kernel mounts the disk as / and devtmpfs on /dev
+# (CONFIG_DEVTMPFS_MOUNT), and there are no modules to load, so the mounts
+# below (and the remount read-write) are all it takes either way.
+#
+# It prints LG_ROOTFS_OK, so a test sees the guest running from the disk, and
+# LG_ROOTFS_CONSOLE=<the kernel's consoles> (hvc0 with console=hvc0), then:
 #   lgtest=rootfs   write /var/lg-boots (a count of boots from this disk), print
 #                   LG_ROOTFS_BOOTS=<n>, sync, power off
-#   otherwise       a busybox shell on the console; leaving it powers off
+#   otherwise       a busybox shell on the console (the last console=, which
+#                   cttyhack finds), leaving it powers off
 
 export PATH=/bin:/sbin HOME=/root
 mount -t proc proc /proc
@@ -17,6 +24,7 @@ trap 'poweroff -f' USR1 USR2
 trap 'reboot -f' TERM
 
 echo LG_ROOTFS_OK
+echo "LG_ROOTFS_CONSOLE=$(cat /sys/class/tty/console/active)"
 
 case "$lgtest" in
 rootfs)

@@ -67,8 +67,9 @@ Examples:
 Exit status:
   0  the guest powered off or rebooted
   1  lg refused to start: bad input, or a host that cannot run the guest
-  2  the guest crashed (a triple fault) or a vCPU failed
-  3  the user stopped lg: Ctrl-A x, SIGINT, SIGTERM or SIGHUP
+  2  the guest crashed (a triple fault), a vCPU failed, or seccomp refused a call
+  3  the user stopped lg: Ctrl-A x, lg stop --force, a second SIGINT/SIGTERM/SIGHUP
+     (the first presses the guest's power button; lg ends with the guest, or 10 s later)
   4  the guest kernel panicked (reported through pvpanic)
 
 `lg lguest ARGS...` is the same as `lguest ARGS...`; `lg run --help` shows lg's own syntax;
@@ -208,6 +209,9 @@ pub fn parse(words: &[String]) -> Result<Run, ParseOutcome> {
         name: None,
         cpus: options.cpus.unwrap_or(1),
         verbose: options.verbose,
+        // lguest had no debugger; lg run has --gdb.
+        gdb: None,
+        gdb_wait: false,
         memory,
         kernel,
         kernel_args: positional.collect(),

@@ -40,6 +40,7 @@ pub enum Command {
     DumpPageTables(DumpPageTables),
     Translate(Translate),
     Stat(Stat),
+    Gdb(Gdb),
 }
 
 /// list the running guests.
@@ -153,6 +154,20 @@ pub struct Stat {
     pub name: String,
 }
 
+/// connect gdb to a running guest: in gdb, `target remote | lg gdb NAME`.
+#[derive(FromArgs, Debug, PartialEq, Eq)]
+#[argh(
+    subcommand,
+    name = "gdb",
+    note = "lg gdb carries gdb's remote serial protocol between its standard input and output and\nthe guest's control socket; gdb starts it itself. The vCPUs are gdb's threads (vCPU n is\nthread n+1); memory is read and written by virtual address through the vCPU's page tables.\nThe guest stops when gdb attaches and runs on, every breakpoint removed, when gdb detaches.\n`monitor regs` shows the current vCPU's control registers too.",
+    example = "gdb vmlinux -ex 'target remote | lg gdb mybox'"
+)]
+pub struct Gdb {
+    /// the guest (see lg ps)
+    #[argh(positional)]
+    pub name: String,
+}
+
 /// An address as kernel developers write them: hexadecimal, `0x` optional
 /// (`/proc/kallsyms` and oops messages print them bare).
 pub fn hex_address(text: &str) -> Result<u64, String> {
@@ -182,14 +197,20 @@ fn hex_range(text: &str) -> Result<(u64, u64), String> {
     subcommand,
     name = "run",
     example = "lg run 256 bzImage --initrd=initrd.cpio.gz console=ttyS0\nlg run 64 vmlinux console=ttyS0 earlyprintk=ttyS0 panic=-1\nlg run --dry-run 256 bzImage --initrd=initrd.cpio.gz root=/dev/vda",
-    note = "MEM_MB is the guest's RAM in MiB. KERNEL is a bzImage or an ELF vmlinux with a 64-bit entry.\nEvery word after KERNEL is the kernel's command line (lg adds console=ttyS0 when it names\nno console=); options may also come after KERNEL, before the first kernel word.\nThe guest's serial port (ttyS0) is lg's standard output; when standard input is a terminal,\nwhat you type goes to the guest (Ctrl-A x quits lg, Ctrl-A Ctrl-A sends Ctrl-A).\n--block=FILE[,ro][,direct]: a disk (/dev/vda, /dev/vdb, ... in order): ro makes it read-only,\ndirect bypasses the host's page cache (O_DIRECT). --rng: /dev/hwrng, fed from the host's\ngetrandom. --tunnet=IP gives the tap IP/24 and adds ip=<next address>::IP:255.255.255.0::eth0:off\nto the kernel's command line unless it has an ip= already (ip=off: none).",
+    note = "MEM_MB is the guest's RAM in MiB. KERNEL is a bzImage or an ELF vmlinux with a 64-bit entry.\nEvery word after KERNEL is the kernel's command line (lg adds console=ttyS0 when it names\nno console=); options may also come after KERNEL, before the first kernel word.\nThe guest's serial port (ttyS0) is lg's standard output; when standard input is a terminal,\nwhat you type goes to the guest (Ctrl-A x quits lg, Ctrl-A Ctrl-A sends Ctrl-A).\n--block=FILE[,ro][,direct]: a disk (/dev/vda, /dev/vdb, ... in order): ro makes it read-only,\ndirect bypasses the host's page cache (O_DIRECT). --rng: /dev/hwrng, fed from the host's\ngetrandom. --tunnet=IP gives the tap IP/24 and adds ip=<next address>::IP:255.255.255.0::eth0:off\nto the kernel's command line unless it has an ip= already (ip=off: none).\n--gdb=PORT: gdb's remote protocol on 127.0.0.1:PORT (target remote :PORT); --gdb-wait: the vCPUs\nwait for gdb (on the port, or lg gdb NAME) before their first instruction.",
     error_code(0, "the guest powered off or rebooted"),
     error_code(
         1,
         "lg refused to start: bad input, or a host that cannot run the guest"
     ),
-    error_code(2, "the guest crashed (a triple fault) or a vCPU failed"),
-    error_code(3, "the user stopped lg: Ctrl-A x, SIGINT, SIGTERM or SIGHUP"),
+    error_code(
+        2,
+        "the guest crashed (a triple fault), a vCPU failed, or lg's seccomp filter refused a call"
+    ),
+    error_code(
+        3,
+        "the user stopped lg: Ctrl-A x, lg stop --force, a second SIGINT/SIGTERM/SIGHUP (the first presses the guest's power button)"
+    ),
     error_code(4, "the guest kernel panicked (reported through pvpanic)")
 )]
 pub struct Run {
@@ -234,6 +255,15 @@ pub struct Run {
     #[argh(switch, short = 'v')]
     pub verbose: bool,
 
+    /// listen for gdb on 127.0.0.1:PORT (in gdb: target remote :PORT): --gdb=PORT
+    #[argh(option, arg_name = "PORT")]
+    pub gdb: Option<u16>,
+
+    /// keep the vCPUs from running their first instruction until gdb attaches
+    /// (through --gdb=PORT or lg gdb NAME)
+    #[argh(switch)]
+    pub gdb_wait: bool,
+
     /// guest RAM in MiB
     #[argh(positional, arg_name = "MEM_MB")]
     pub memory: String,
@@ -256,6 +286,7 @@ const RUN_VALUE_OPTIONS: &[&str] = &[
     "--chroot",
     "--username",
     "--name",
+    "--gdb",
     // The inspecting commands'.
     "--cpu",
     "--cr3",
@@ -442,6 +473,16 @@ pub fn describe(run: &Run) -> String {
         "verbose",
         if run.verbose { "yes" } else { "no" }.to_string(),
     );
+    if let Some(port) = run.gdb {
+        let wait = if run.gdb_wait {
+            ", the vCPUs wait for it"
+        } else {
+            ""
+        };
+        line("gdb", format!("127.0.0.1:{port}{wait}"));
+    } else if run.gdb_wait {
+        line("gdb", "lg gdb NAME, the vCPUs wait for it".to_string());
+    }
     line("command line", cmdline);
     out
 }
@@ -538,6 +579,24 @@ mod tests {
         ));
         assert!(matches!(parse_words(&[]), Err(ParseOutcome::Error(_))));
         assert!(matches!(parse_words(&["fly"]), Err(ParseOutcome::Error(_))));
+    }
+
+    #[test]
+    fn gdb_takes_a_port_and_waiting_is_a_switch() {
+        let run = run_of(&["run", "--gdb=1234", "--gdb-wait", "64", "bzImage"]);
+        assert_eq!((run.gdb, run.gdb_wait), (Some(1234), true));
+        let run = run_of(&["run", "--gdb", "1234", "64", "bzImage", "quiet"]);
+        assert_eq!((run.gdb, run.gdb_wait), (Some(1234), false));
+        assert!(describe(&run).contains("gdb: 127.0.0.1:1234\n"));
+        assert!(!describe(&run_of(&["run", "64", "bzImage"])).contains("gdb"));
+        assert!(matches!(
+            parse_words(&["run", "--gdb=70000", "64", "bzImage"]),
+            Err(ParseOutcome::Error(_))
+        ));
+        assert!(matches!(
+            parse_words(&["gdb", "mybox"]),
+            Ok(Command::Gdb(Gdb { name })) if name == "mybox"
+        ));
     }
 
     #[test]

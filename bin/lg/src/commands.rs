@@ -1,6 +1,6 @@
 //! `lg ps`, `lg stop`, `lg pause`, `lg resume`, `lg regs`,
-//! `lg dump-pagetables`, `lg translate`, `lg stat`: the commands that look
-//! at guests other lg processes are running.
+//! `lg dump-pagetables`, `lg translate`, `lg stat`, `lg gdb`: the commands
+//! that look at guests other lg processes are running.
 //!
 //! Each is a client of a running lg's control socket (the `lg-control`
 //! crate; the answers are computed in `inspect.rs`). They print what the
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lg_control::{ClientError, Request};
 
-use crate::cli::{Command, DumpPageTables, Regs, Stat, Stop, Translate};
+use crate::cli::{Command, DumpPageTables, Gdb, Regs, Stat, Stop, Translate};
 
 /// Runs one of the inspecting commands (never `run`).
 pub fn run(command: Command) -> ExitCode {
@@ -46,6 +46,7 @@ pub fn run(command: Command) -> ExitCode {
             },
         ),
         Command::Stat(stat) => statistics(&stat),
+        Command::Gdb(Gdb { name }) => gdb_pipe(&name),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,6 +114,56 @@ fn stop_guest(stop: &Stop) -> Result<(), String> {
                 ));
             }
             _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// `lg gdb NAME`: gdb's remote protocol between this process's standard
+/// input and output (gdb's end of `target remote | lg gdb NAME`) and the
+/// guest's control socket, until either side closes. Unbuffered both ways:
+/// gdb waits for each packet's answer, and Ctrl-C is a single byte.
+fn gdb_pipe(name: &str) -> Result<(), String> {
+    use std::io::Read as _;
+    let stream = lg_control::open_stream(name, &Request::Gdb).map_err(|e| e.to_string())?;
+    let mut to_guest = stream
+        .try_clone()
+        .map_err(|e| format!("cannot share the connection to {name}: {e}"))?;
+    std::thread::Builder::new()
+        .name("gdb-input".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 4096];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if to_guest.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            // gdb is gone: the guest's lg sees the end and detaches.
+            let _ = to_guest.shutdown(std::net::Shutdown::Write);
+        })
+        .map_err(|e| format!("cannot start a thread for gdb's input: {e}"))?;
+    let mut from_guest = stream;
+    let mut stdout = std::io::stdout().lock();
+    let mut buf = [0u8; 4096];
+    loop {
+        match from_guest.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                if stdout
+                    .write_all(&buf[..n])
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("the connection to {name} failed: {e}")),
         }
     }
 }

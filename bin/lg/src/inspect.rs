@@ -9,12 +9,18 @@
 //! which is why `lg pause` exists), and the counters the vCPU and device
 //! threads keep. Nothing here can block a vCPU for longer than a register
 //! read.
+//!
+//! `lg gdb NAME` is the exception to "one request, one answer": its `gdb`
+//! request turns the connection into gdb's remote protocol, served by the
+//! `gdb-stub` crate on a thread of its own (`gdb`), so the control thread
+//! goes on answering `lg ps` and friends while gdb is attached.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use lg_control::{GuestInfo, Handler, Request, Response};
+use gdb_stub::Debugger;
+use lg_control::{GuestInfo, Handler, Request, Response, StreamHandler, StreamSink};
 use shadow_mmu::pagetable::{self, MergeRule, PagingMode};
 use shadow_mmu::GuestMemory;
 use switcher::{ExitStats, Registers, VcpuControl};
@@ -37,6 +43,9 @@ pub(crate) struct Inspectable {
     pub press_power_button: Box<dyn Fn() + Send + Sync>,
     /// Ends lg at once (`lg stop --force`); does not return.
     pub force_stop: Box<dyn Fn() + Send + Sync>,
+    /// gdb's way in (`lg gdb NAME`); while gdb is attached, it alone
+    /// pauses and resumes the guest.
+    pub debugger: Arc<Debugger>,
 }
 
 /// The control socket's handler for this guest.
@@ -45,6 +54,39 @@ pub(crate) fn handler(guest: Inspectable) -> Handler {
         Ok(body) => Response::Ok(body),
         Err(sentence) => Response::Error(sentence),
     })
+}
+
+/// The control socket's handler for `gdb`: claims the guest for this gdb
+/// (refused if another is attached) and serves it on a thread of its own.
+pub(crate) fn stream_handler(debugger: Arc<Debugger>) -> StreamHandler {
+    Arc::new(move |request| {
+        if request != Request::Gdb {
+            return Err(format!(
+                "lg cannot serve `{}` as a stream",
+                request.to_line()
+            ));
+        }
+        let session = debugger.attach()?;
+        Ok(Box::new(move |stream| {
+            let spawned = std::thread::Builder::new()
+                .name("gdb".into())
+                .spawn(move || session.serve(stream));
+            if let Err(e) = spawned {
+                log::warn!("cannot start a thread for gdb: {e}");
+            }
+        }) as StreamSink)
+    })
+}
+
+/// `lg pause` and `lg resume` would pull the guest from under gdb's feet.
+fn not_under_gdb(guest: &Inspectable, what: &str) -> Result<(), String> {
+    if guest.debugger.is_attached() {
+        return Err(format!(
+            "gdb is attached to {}; it decides when the guest runs (detach it to {what})",
+            guest.info.name
+        ));
+    }
+    Ok(())
 }
 
 fn answer(guest: &Inspectable, request: Request) -> Result<String, String> {
@@ -67,8 +109,12 @@ fn answer(guest: &Inspectable, request: Request) -> Result<String, String> {
             (guest.force_stop)();
             Ok(String::new())
         }
-        Request::Pause => guest.vcpus.pause().map(|()| String::new()),
+        Request::Pause => {
+            not_under_gdb(guest, "pause it")?;
+            guest.vcpus.pause().map(|()| String::new())
+        }
         Request::Resume => {
+            not_under_gdb(guest, "resume it")?;
             guest.vcpus.resume();
             Ok(String::new())
         }
@@ -93,6 +139,8 @@ fn answer(guest: &Inspectable, request: Request) -> Result<String, String> {
             Ok(out)
         }
         Request::Stat => Ok(statistics(guest)),
+        // The control socket hands `gdb` to `stream_handler`, never here.
+        Request::Gdb => Err("`gdb` opens a stream; lg gdb NAME sends it".into()),
     }
 }
 
@@ -189,6 +237,7 @@ fn statistics(guest: &Inspectable) -> String {
             ("mmio_write", load(&exits.mmio_write)),
             ("halt", load(&exits.halt)),
             ("interrupted", load(&exits.interrupted)),
+            ("debug", load(&exits.debug)),
             ("other", load(&exits.other)),
         ];
         let total: u64 = counts.iter().map(|(_, n)| n).sum();

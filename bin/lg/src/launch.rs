@@ -6,14 +6,18 @@
 //! command line) is checked first, by loading the guest into memory that KVM
 //! has not seen yet, so those mistakes get their one-sentence answer on any
 //! machine. Only then does lg ask whether this host can run a guest at all,
-//! create the VM, and start the vCPUs.
+//! create the VM, and start the vCPUs. gdb's port (`--gdb`) is taken before
+//! the VM is made, so a port in use is refused before anything runs; with
+//! `--gdb-wait` the vCPUs are paused before they start, and the first gdb
+//! to attach (on the port or through `lg gdb NAME`) lets them go.
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bzimage_loader::{KernelImage, LoadOptions};
+use gdb_stub::Debugger;
 use hvc_console::{ConsoleInput, InterruptLine, VirtioConsole};
 use lg_control::{ControlSocket, GuestInfo, ServingSocket};
 use pci::{BarAllocator, PciBus};
@@ -46,6 +50,10 @@ pub const EXIT_GUEST_PANICKED: u8 = 4;
 
 /// Where the bytes typed at lg's terminal go: the console the guest uses.
 type KeysSink = Box<dyn Fn(&[u8]) + Send>;
+
+/// How long an attached gdb has to hear that the guest ended before lg
+/// itself ends.
+const GDB_FAREWELL: Duration = Duration::from_secs(1);
 
 /// The smallest guest lg will try: below this no x86-64 kernel fits.
 const MIN_MEMORY_MIB: u64 = 2;
@@ -108,6 +116,10 @@ struct PreparedGuest {
     named: bool,
     /// `--rng`: a virtio entropy device.
     rng: bool,
+    /// `--gdb=PORT`.
+    gdb: Option<u16>,
+    /// `--gdb-wait`: no guest instruction before gdb attaches.
+    gdb_wait: bool,
 }
 
 /// Checks the user's input by loading the guest into fresh memory.
@@ -173,6 +185,8 @@ fn prepare(args: &Run) -> Result<PreparedGuest, String> {
         },
         named: args.name.is_some(),
         rng: args.rng,
+        gdb: args.gdb,
+        gdb_wait: args.gdb_wait,
     })
 }
 
@@ -317,6 +331,21 @@ fn boot(guest: PreparedGuest) -> u8 {
             return EXIT_REFUSED;
         }
     };
+    // gdb's port, like the name: taken before the guest costs anything.
+    let gdb_listener = match guest.gdb.map(gdb_stub::bind).transpose() {
+        Ok(listener) => listener,
+        Err(message) => {
+            eprintln!("lg: {message}");
+            return EXIT_REFUSED;
+        }
+    };
+    if guest.gdb_wait && gdb_listener.is_none() && socket.is_none() {
+        eprintln!(
+            "lg: --gdb-wait: gdb could never attach: give --gdb=PORT, or a runtime directory \
+             for the control socket that lg gdb NAME uses"
+        );
+        return EXIT_REFUSED;
+    }
     let vm = match Vm::new(Arc::clone(&guest.memory)) {
         Ok(vm) => vm,
         Err(e) => {
@@ -368,7 +397,14 @@ fn boot(guest: PreparedGuest) -> u8 {
         }
         ConsoleDevice::Hvc => Box::new(move |bytes| hvc_input.push(bytes)),
     };
-    if let Err(message) = start_control_threads(typed_into) {
+    let power_button: PowerButton = {
+        let line = IsaIrq {
+            vm: Arc::clone(vm.fd()),
+            irq: hcall_abi::layout::POWER_BUTTON_GSI,
+        };
+        Arc::new(move || line.trigger())
+    };
+    if let Err(message) = start_control_threads(typed_into, Arc::clone(&power_button)) {
         eprintln!("lg: {message}");
         return EXIT_REFUSED;
     }
@@ -378,17 +414,29 @@ fn boot(guest: PreparedGuest) -> u8 {
     info.started_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |t| t.as_millis() as u64);
-    let power_button = IsaIrq {
-        vm: Arc::clone(vm.fd()),
-        irq: hcall_abi::layout::POWER_BUTTON_GSI,
-    };
+    let debugger = Debugger::new(Arc::clone(&control), Arc::clone(&guest.memory));
+    if guest.gdb_wait {
+        // Before any vCPU thread exists: each parks at its first checkpoint.
+        let _ = control.pause();
+        let how = match guest.gdb {
+            Some(port) => format!("target remote :{port}"),
+            None => format!("target remote | lg gdb {}", info.name),
+        };
+        eprintln!("lg: the vCPUs wait for gdb ({how})");
+    }
+    if let Some(listener) = gdb_listener {
+        if let Err(message) = debugger.listen(listener) {
+            eprintln!("lg: {message}");
+            return EXIT_REFUSED;
+        }
+    }
     let inspectable = Inspectable {
         info,
         vcpus: Arc::clone(&control),
         memory: Arc::clone(&guest.memory),
         exits: Arc::clone(&stats),
         nics: tap_names.into_iter().zip(nic_stats).collect(),
-        press_power_button: Box::new(move || power_button.trigger()),
+        press_power_button: Box::new(move || power_button()),
         // Ends lg a moment later, on a thread of its own, so the control
         // thread can first tell `lg stop --force` that it is done.
         force_stop: Box::new(|| {
@@ -401,9 +449,11 @@ fn boot(guest: PreparedGuest) -> u8 {
                     std::process::exit(i32::from(EXIT_STOPPED));
                 });
         }),
+        debugger: Arc::clone(&debugger),
     };
     if let Some(socket) = socket {
-        match socket.serve(inspect::handler(inspectable)) {
+        let streams = inspect::stream_handler(Arc::clone(&debugger));
+        match socket.serve_with_streams(inspect::handler(inspectable), streams) {
             Ok(serving) => {
                 let _ = CONTROL_SOCKET.set(serving);
             }
@@ -412,6 +462,13 @@ fn boot(guest: PreparedGuest) -> u8 {
                 return EXIT_REFUSED;
             }
         }
+    }
+    // Everything lg will open is open: from here on it may only move bytes,
+    // run threads and talk to KVM (see seccomp.rs).
+    if let Err(message) = crate::seccomp::confine() {
+        tidy_up();
+        eprintln!("lg: {message}");
+        return EXIT_REFUSED;
     }
     if let Some(started) = crate::STARTED.get() {
         // What lg itself costs before the guest runs: parsing, loading the
@@ -422,6 +479,8 @@ fn boot(guest: PreparedGuest) -> u8 {
         );
     }
     let end = switcher::run::run(vcpus, platform, Arc::clone(&stats), control);
+    // An attached gdb hears the guest exit before lg goes.
+    debugger.wait_detached(GDB_FAREWELL);
     tidy_up();
     for (index, vcpu_stats) in stats.iter().enumerate() {
         log::info!("vCPU {index} {vcpu_stats}");
@@ -531,10 +590,17 @@ fn pci_devices(
     Ok((bus, nic_stats))
 }
 
+/// Presses the guest's ACPI power button (a pulse on its GED's GSI).
+type PowerButton = Arc<dyn Fn() + Send + Sync>;
+
+/// How long a guest has to shut down after a signal pressed its power
+/// button, before lg ends it anyway.
+const SIGNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Starts the threads that serve the person rather than the guest: terminal
 /// input (handed to `typed_into`), and the signals that stop lg. A panic
 /// anywhere restores the terminal before the message is printed.
-fn start_control_threads(typed_into: KeysSink) -> Result<(), String> {
+fn start_control_threads(typed_into: KeysSink, power_button: PowerButton) -> Result<(), String> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         tidy_up();
@@ -543,24 +609,22 @@ fn start_control_threads(typed_into: KeysSink) -> Result<(), String> {
 
     // Block the stopping signals in every thread (threads inherit the mask),
     // and take them on one thread with sigwait, where restoring the terminal
-    // and exiting is safe, unlike in a signal handler.
+    // and exiting is safe, unlike in a signal handler. SIGHUP is left alone
+    // when lg started with it ignored: that is `nohup lg ...`, the user
+    // asking lg to outlive its terminal.
     use nix::sys::signal::{SigSet, Signal};
     let mut stopping = SigSet::empty();
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        stopping.add(signal);
+    stopping.add(Signal::SIGINT);
+    stopping.add(Signal::SIGTERM);
+    if !started_with_sighup_ignored() {
+        stopping.add(Signal::SIGHUP);
     }
     stopping
         .thread_block()
         .map_err(|e| format!("cannot block signals: {e}"))?;
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || {
-            if let Ok(signal) = stopping.wait() {
-                tidy_up();
-                eprintln!("\r\nlg: stopped by {signal}");
-                std::process::exit(i32::from(EXIT_STOPPED));
-            }
-        })
+        .spawn(move || stop_on_signals(&stopping, &power_button))
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
 
     // Standard input always feeds the guest's serial port, so a script can
@@ -589,6 +653,54 @@ fn start_control_threads(typed_into: KeysSink) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the console input thread: {e}"))?;
     Ok(())
+}
+
+/// The signal thread: the first stopping signal presses the guest's power
+/// button, so it shuts down cleanly (lg then ends as the guest powers off,
+/// with status 0); a second signal, or a guest still running after
+/// [`SIGNAL_GRACE`], ends lg at once with status 3.
+fn stop_on_signals(stopping: &nix::sys::signal::SigSet, power_button: &PowerButton) {
+    let Ok(first) = stopping.wait() else {
+        return;
+    };
+    eprintln!(
+        "\r\nlg: {first}: pressed the guest's power button; lg ends when the guest is down, \
+         in {} s, or at another signal",
+        SIGNAL_GRACE.as_secs()
+    );
+    power_button();
+    let spawned = std::thread::Builder::new()
+        .name("signal-grace".into())
+        .spawn(|| {
+            std::thread::sleep(SIGNAL_GRACE);
+            tidy_up();
+            eprintln!(
+                "\r\nlg: the guest did not shut down within {} s of its power button",
+                SIGNAL_GRACE.as_secs()
+            );
+            std::process::exit(i32::from(EXIT_STOPPED));
+        });
+    if spawned.is_err() {
+        // Without a timer the only bounded choice is to end now.
+        tidy_up();
+        std::process::exit(i32::from(EXIT_STOPPED));
+    }
+    if let Ok(second) = stopping.wait() {
+        tidy_up();
+        eprintln!("\r\nlg: stopped by {second}");
+        std::process::exit(i32::from(EXIT_STOPPED));
+    }
+}
+
+/// Whether lg was started with SIGHUP ignored (as `nohup` does).
+fn started_with_sighup_ignored() -> bool {
+    // SAFETY: a zeroed sigaction is a valid value to be written into;
+    // sigaction with a null new action only reads the current one.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 #[cfg(test)]

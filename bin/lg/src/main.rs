@@ -19,15 +19,18 @@
 //!   and putting it back however lg ends.
 //! - [`privileges`]: `--chroot` and `--username`, giving up what lg no
 //!   longer needs once the guest is set up.
+//! - [`seccomp`]: the system calls lg may still make once the guest runs.
 //! - [`network`]: `--tunnet`, the guest's network cards on host taps.
 //! - [`inspect`]: what a running lg answers on its control socket;
 //!   [`commands`]: `lg ps`, `lg stop`, `lg regs`, `lg dump-pagetables`... the
-//!   commands that ask it.
+//!   commands that ask it, and `lg gdb`, which carries gdb's protocol to it
+//!   (the stub itself is the `gdb-stub` crate, `--gdb=PORT`'s too).
 //!
 //! Exit statuses (also in `lg run --help`): 0 the guest powered off or
 //! rebooted; 1 lg refused to start (bad input, or a host that cannot run the
-//! guest); 2 the guest crashed or a vCPU failed; 3 the user stopped lg
-//! (Ctrl-A x, or a signal); 4 the guest kernel panicked.
+//! guest); 2 the guest crashed, a vCPU failed or seccomp refused a call;
+//! 3 the user stopped lg (Ctrl-A x, `lg stop --force`, a second signal); 4
+//! the guest kernel panicked.
 
 mod classic;
 mod cli;
@@ -38,6 +41,7 @@ mod launch;
 mod network;
 mod platform;
 mod privileges;
+mod seccomp;
 mod terminal;
 
 use std::process::ExitCode;

@@ -58,12 +58,9 @@ pub fn request_in(dir: &Path, name: &str, request: &Request) -> Result<String, C
     exchange(dir, name, request, ANSWER_DEADLINE)
 }
 
-fn exchange(
-    dir: &Path,
-    name: &str,
-    request: &Request,
-    deadline: Duration,
-) -> Result<String, ClientError> {
+/// Connects to guest `name`'s socket in `dir`, with `deadline` on every
+/// read and write.
+fn connect(dir: &Path, name: &str, deadline: Duration) -> Result<UnixStream, ClientError> {
     check_name(name).map_err(ClientError::Failed)?;
     let path = socket_path(dir, name);
     let failed = |what: &str, e: io::Error| {
@@ -72,7 +69,7 @@ fn exchange(
             path.display()
         ))
     };
-    let mut stream = match UnixStream::connect(&path) {
+    let stream = match UnixStream::connect(&path) {
         Ok(stream) => stream,
         Err(e)
             if matches!(
@@ -88,6 +85,78 @@ fn exchange(
         .set_read_timeout(Some(deadline))
         .and_then(|()| stream.set_write_timeout(Some(deadline)))
         .map_err(|e| failed("set a deadline on", e))?;
+    Ok(stream)
+}
+
+/// Sends `request`, which opens a stream ([`Request::opens_stream`]), to
+/// the guest called `name`, and returns the connection once the guest has
+/// said `ok`: from then on it carries the stream's protocol, with no
+/// deadline.
+pub fn open_stream(name: &str, request: &Request) -> Result<UnixStream, ClientError> {
+    let dir = runtime_dir_path().map_err(ClientError::Failed)?;
+    open_stream_in(&dir, name, request)
+}
+
+/// [`open_stream`] to a guest whose socket is in `dir`.
+pub fn open_stream_in(
+    dir: &Path,
+    name: &str,
+    request: &Request,
+) -> Result<UnixStream, ClientError> {
+    let mut stream = connect(dir, name, ANSWER_DEADLINE)?;
+    let failed =
+        |what: &str, e: io::Error| ClientError::Failed(format!("cannot {what} guest {name}: {e}"));
+    stream
+        .write_all(format!("{}\n", request.to_line()).as_bytes())
+        .map_err(|e| failed("send the request to", e))?;
+    // The status line, a byte at a time: what follows it is the stream's.
+    let mut status = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => status.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(failed("read the answer from", e)),
+        }
+        if status.len() > 4096 {
+            return Err(ClientError::Failed(format!(
+                "guest {name} answered `{}` with an endless line",
+                request.to_line()
+            )));
+        }
+    }
+    match Response::from_text(&String::from_utf8_lossy(&status)) {
+        Ok(Response::Ok(_)) => {}
+        Ok(Response::Error(sentence)) => return Err(ClientError::Failed(sentence)),
+        Err(e) => {
+            return Err(ClientError::Failed(format!(
+                "guest {name} gave an answer lg cannot read: {e}"
+            )))
+        }
+    }
+    stream
+        .set_read_timeout(None)
+        .and_then(|()| stream.set_write_timeout(None))
+        .map_err(|e| failed("lift the deadline on the stream to", e))?;
+    Ok(stream)
+}
+
+fn exchange(
+    dir: &Path,
+    name: &str,
+    request: &Request,
+    deadline: Duration,
+) -> Result<String, ClientError> {
+    let mut stream = connect(dir, name, deadline)?;
+    let path = socket_path(dir, name);
+    let failed = |what: &str, e: io::Error| {
+        ClientError::Failed(format!(
+            "cannot {what} guest {name}'s control socket {}: {e}",
+            path.display()
+        ))
+    };
     stream
         .write_all(format!("{}\n", request.to_line()).as_bytes())
         .map_err(|e| failed("send the request to", e))?;
@@ -275,6 +344,66 @@ mod tests {
         let names: Vec<&str> = guests.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["old", "middle", "young"]);
         assert_eq!(guests[0].1, guest("old", 100));
+    }
+
+    #[test]
+    fn a_stream_request_hands_over_the_connection_after_ok() {
+        let dir = TestDir::new("client-stream");
+        let handler: Handler = Arc::new(|_| Response::Ok(String::new()));
+        let streams: crate::StreamHandler = Arc::new(|request| {
+            assert_eq!(request, Request::Gdb);
+            Ok(Box::new(|mut stream: UnixStream| {
+                std::thread::spawn(move || {
+                    // An echo, a byte at a time, as gdb's packets go.
+                    let mut byte = [0u8; 1];
+                    while let Ok(1) = stream.read(&mut byte) {
+                        if stream.write_all(&byte).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }) as crate::StreamSink)
+        });
+        let _web = ControlSocket::bind_in(dir.path(), "web")
+            .unwrap()
+            .serve_with_streams(handler, streams)
+            .unwrap();
+        let mut stream = open_stream_in(dir.path(), "web", &Request::Gdb).unwrap();
+        stream.write_all(b"$qSupported#37").unwrap();
+        let mut echoed = [0u8; 14];
+        stream.read_exact(&mut echoed).unwrap();
+        assert_eq!(&echoed, b"$qSupported#37");
+        // The ordinary requests are still answered meanwhile.
+        assert_eq!(
+            request_in(dir.path(), "web", &Request::Info),
+            Ok(String::new())
+        );
+    }
+
+    #[test]
+    fn a_refused_or_unserved_stream_is_the_guests_sentence() {
+        let dir = TestDir::new("client-nostream");
+        let _plain = serve_guest(dir.path(), guest("plain", 1));
+        let error = open_stream_in(dir.path(), "plain", &Request::Gdb).unwrap_err();
+        assert_eq!(
+            error,
+            ClientError::Failed("this lg does not serve `gdb`".to_string())
+        );
+        let handler: Handler = Arc::new(|_| Response::Ok(String::new()));
+        let streams: crate::StreamHandler =
+            Arc::new(|_| Err("gdb is already attached to this guest".to_string()));
+        let _busy = ControlSocket::bind_in(dir.path(), "busy")
+            .unwrap()
+            .serve_with_streams(handler, streams)
+            .unwrap();
+        assert_eq!(
+            open_stream_in(dir.path(), "busy", &Request::Gdb).unwrap_err(),
+            ClientError::Failed("gdb is already attached to this guest".to_string())
+        );
+        assert_eq!(
+            open_stream_in(dir.path(), "ghost", &Request::Gdb).unwrap_err(),
+            ClientError::NoSuchGuest("ghost".to_string())
+        );
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! but adds a small door: every running guest listens on a control socket,
 //! so other lg commands, run as separate processes, can ask it things:
 //! `lg ps`, `lg stop NAME`, `lg pause NAME`, `lg resume NAME`, `lg regs NAME`,
-//! `lg dump-pagetables NAME`, `lg translate NAME VA`, `lg stat NAME`.
+//! `lg dump-pagetables NAME`, `lg translate NAME VA`, `lg stat NAME`,
+//! `lg gdb NAME`.
 //!
 //! This crate owns the socket's place, its lifecycle, the protocol and the
 //! client. It knows nothing of KVM: the launcher answers each [`Request`]
-//! through a handler closure given to [`ControlSocket::serve`].
+//! through a handler closure given to [`ControlSocket::serve`], and takes
+//! over the connection of a request that opens a stream (`gdb`) through a
+//! second one given to [`ControlSocket::serve_with_streams`].
 //!
 //! ## Where the sockets live
 //!
@@ -41,6 +44,14 @@
 //! 3. The server closes the connection; the end of the body is the end of
 //!    the stream.
 //!
+//! One request is different: after `gdb`'s `ok` line the connection stays
+//! open and carries gdb's remote serial protocol both ways, with no
+//! deadline, until either end closes it ([`Request::opens_stream`];
+//! [`open_stream`] is the client's side). `lg gdb NAME` pipes its standard
+//! input and output to it, so `target remote | lg gdb NAME` in gdb attaches.
+//! A client must send nothing after the request line until it has read
+//! `ok`.
+//!
 //! The requests ([`Request`]); numbers are decimal or `0x` hex, `cpu=`
 //! defaults to 0 when left out, and `key=value` words may come in any order:
 //!
@@ -55,6 +66,7 @@
 //! | `dump-pagetables cpu=N [cr3=A] [range=START-END]` | the page tables under CR3 (the vCPU's own unless `cr3=` is given), limited to the virtual addresses `START <= va < END` if `range=` is given |
 //! | `translate cpu=N [cr3=A] VA` | the walk of virtual address VA to its physical address |
 //! | `stat` | counters, as `key=value` lines |
+//! | `gdb` | none: after `ok`, the connection is a gdb remote-protocol stream to the guest (`error gdb is already attached ...` if one is) |
 //!
 //! For example:
 //!
@@ -93,8 +105,11 @@ mod server;
 #[cfg(test)]
 mod test_dir;
 
-pub use client::{request, request_in, running_guests, running_guests_in, ClientError};
+pub use client::{
+    open_stream, open_stream_in, request, request_in, running_guests, running_guests_in,
+    ClientError,
+};
 pub use info::{format_ps, GuestInfo};
 pub use request::{Request, Response};
 pub use runtime::{check_name, default_name, runtime_dir};
-pub use server::{ControlSocket, Handler, ServingSocket};
+pub use server::{ControlSocket, Handler, ServingSocket, StreamHandler, StreamSink};

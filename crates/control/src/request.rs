@@ -36,10 +36,13 @@ pub enum Request {
     },
     /// The guest's counters.
     Stat,
+    /// Turn this connection into a gdb remote-protocol stream to the guest
+    /// (after the `ok` line); see [`Request::opens_stream`].
+    Gdb,
 }
 
 /// The words a request line may start with.
-const REQUEST_WORDS: [&str; 8] = [
+const REQUEST_WORDS: [&str; 9] = [
     "info",
     "stop",
     "pause",
@@ -48,6 +51,7 @@ const REQUEST_WORDS: [&str; 8] = [
     "dump-pagetables",
     "translate",
     "stat",
+    "gdb",
 ];
 
 impl Request {
@@ -79,7 +83,14 @@ impl Request {
                 line
             }
             Request::Stat => "stat".to_string(),
+            Request::Gdb => "gdb".to_string(),
         }
+    }
+
+    /// Whether the answer is not a body but the connection itself: after
+    /// `ok`, both ends speak another protocol until one closes.
+    pub fn opens_stream(&self) -> bool {
+        matches!(self, Request::Gdb)
     }
 
     /// Reads a request line (a trailing `\n` or `\r\n` is allowed). Any word
@@ -118,6 +129,7 @@ impl Request {
                 Request::Translate { cpu, cr3, virt }
             }
             "stat" => Request::Stat,
+            "gdb" => Request::Gdb,
             _ => return Err(unknown_request(verb)),
         };
         arguments.finish()?;
@@ -333,6 +345,7 @@ mod tests {
                 virt: 0,
             },
             Request::Stat,
+            Request::Gdb,
         ]
     }
 
@@ -430,10 +443,22 @@ mod tests {
             ("translate 0x1000 0x2000", "`0x2000`"),
             ("translate 0x10000000000000000", "`0x10000000000000000`"),
             ("stat all", "`all`"),
+            ("gdb cpu=1", "`cpu=1`"),
         ];
         for (line, culprit) in cases {
             let error = Request::parse(line).unwrap_err();
             assert!(error.contains(culprit), "{line:?} gave {error:?}");
+        }
+    }
+
+    #[test]
+    fn only_gdb_opens_a_stream() {
+        for request in every_kind_of_request() {
+            assert_eq!(
+                request.opens_stream(),
+                request == Request::Gdb,
+                "{request:?}"
+            );
         }
     }
 

@@ -7,7 +7,7 @@
 //! file refuses. So [`ControlSocket::bind`] asks before it takes a name.
 
 use std::fs::{self, Permissions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -26,6 +26,17 @@ use crate::runtime::{check_name, create_private_dir, runtime_dir_path, socket_pa
 /// request at a time, so it should answer promptly: every other client
 /// waits behind it.
 pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+
+/// The launcher's answer to a request that opens a stream
+/// ([`Request::opens_stream`]): what will take over the connection, or the
+/// sentence refusing it. It runs on the control thread, so it must return
+/// at once; the [`StreamSink`] it returns is called there too, and should
+/// hand the connection to a thread of its own.
+pub type StreamHandler = Arc<dyn Fn(Request) -> Result<StreamSink, String> + Send + Sync>;
+
+/// Takes over a connection once `ok` has been sent; the connection has no
+/// deadline any more.
+pub type StreamSink = Box<dyn FnOnce(UnixStream) + Send>;
 
 /// The longest request line, `\n` included: far more than any request needs,
 /// little enough that a confused client cannot make lg buffer without bound.
@@ -129,6 +140,24 @@ impl ControlSocket {
     /// that does not parse, and a handler that panics, are answered with
     /// `error`; neither stops the thread.
     pub fn serve(self, handler: Handler) -> Result<ServingSocket, String> {
+        self.serve_handlers(handler, None)
+    }
+
+    /// [`ControlSocket::serve`], with `streams` answering the requests that
+    /// open a stream (`gdb`); without it they are refused.
+    pub fn serve_with_streams(
+        self,
+        handler: Handler,
+        streams: StreamHandler,
+    ) -> Result<ServingSocket, String> {
+        self.serve_handlers(handler, Some(streams))
+    }
+
+    fn serve_handlers(
+        self,
+        handler: Handler,
+        streams: Option<StreamHandler>,
+    ) -> Result<ServingSocket, String> {
         let ControlSocket { listener, file } = self;
         let listener = Arc::new(listener);
         let stopping = Arc::new(AtomicBool::new(false));
@@ -137,7 +166,7 @@ impl ControlSocket {
             .spawn({
                 let listener = Arc::clone(&listener);
                 let stopping = Arc::clone(&stopping);
-                move || accept_loop(&listener, &stopping, &handler)
+                move || accept_loop(&listener, &stopping, &handler, streams.as_ref())
             })
             .map_err(|e| {
                 format!(
@@ -372,14 +401,19 @@ fn unix_address(path: &Path) -> io::Result<libc::sockaddr_un> {
     Ok(address)
 }
 
-fn accept_loop(listener: &UnixListener, stopping: &AtomicBool, handler: &Handler) {
+fn accept_loop(
+    listener: &UnixListener,
+    stopping: &AtomicBool,
+    handler: &Handler,
+    streams: Option<&StreamHandler>,
+) {
     loop {
         let accepted = listener.accept();
         if stopping.load(Ordering::SeqCst) {
             return;
         }
         match accepted {
-            Ok((stream, _)) => answer(stream, handler),
+            Ok((stream, _)) => answer(stream, handler, streams),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 // Out of descriptors, most likely: pause rather than spin,
@@ -391,8 +425,9 @@ fn accept_loop(listener: &UnixListener, stopping: &AtomicBool, handler: &Handler
     }
 }
 
-/// Serves one connection: one request line in, one response out.
-fn answer(stream: UnixStream, handler: &Handler) {
+/// Serves one connection: one request line in, one response out; or, for a
+/// request that opens a stream, `ok` and the connection handed over.
+fn answer(stream: UnixStream, handler: &Handler, streams: Option<&StreamHandler>) {
     // A socket without a deadline would let one silent client block all.
     if let Err(e) = stream
         .set_read_timeout(Some(CLIENT_DEADLINE))
@@ -406,6 +441,10 @@ fn answer(stream: UnixStream, handler: &Handler) {
         // name is taken.
         Ok(None) => return,
         Ok(Some(line)) => match Request::parse(&line) {
+            Ok(request) if request.opens_stream() => match open_stream(streams, request) {
+                Ok(sink) => return hand_over(stream, sink),
+                Err(sentence) => Response::Error(sentence),
+            },
             Ok(request) => call_handler(handler, request),
             Err(sentence) => Response::Error(sentence),
         },
@@ -438,6 +477,35 @@ fn discard_unread(stream: &UnixStream) {
     }
 }
 
+/// What will take over the connection of a stream request, or why none.
+fn open_stream(streams: Option<&StreamHandler>, request: Request) -> Result<StreamSink, String> {
+    let line = request.to_line();
+    let Some(streams) = streams else {
+        return Err(format!("this lg does not serve `{line}`"));
+    };
+    panic::catch_unwind(AssertUnwindSafe(|| streams(request))).unwrap_or_else(|_| {
+        Err(format!(
+            "lg failed while answering `{line}` (it panicked; see lg's output)"
+        ))
+    })
+}
+
+/// Sends `ok` and gives the connection, deadlines lifted, to `sink`.
+fn hand_over(stream: UnixStream, sink: StreamSink) {
+    if let Err(e) = (&stream).write_all(b"ok\n") {
+        log::debug!("a control client left before its stream opened: {e}");
+        return;
+    }
+    if let Err(e) = stream
+        .set_read_timeout(None)
+        .and_then(|()| stream.set_write_timeout(None))
+    {
+        log::warn!("cannot lift the deadline on a control stream, so dropping it: {e}");
+        return;
+    }
+    sink(stream);
+}
+
 fn call_handler(handler: &Handler, request: Request) -> Response {
     let line = request.to_line();
     // A bug in one answer must not take away the control socket for the
@@ -451,24 +519,35 @@ fn call_handler(handler: &Handler, request: Request) -> Response {
 
 /// The request line, without its `\n`; `None` if the client sent nothing at
 /// all. A line cut short by the client closing its end counts as complete,
-/// so `printf info | socat ...` works too.
+/// so `printf info | socat ...` works too. Read a byte at a time, so that
+/// nothing past the line is taken from the socket: after a stream request,
+/// what follows belongs to the stream.
 fn read_request_line(stream: &UnixStream) -> Result<Option<String>, String> {
     let mut line = Vec::new();
-    let mut reader = BufReader::new(stream.take(MAX_REQUEST_BYTES as u64 + 1));
-    match reader.read_until(b'\n', &mut line) {
-        Ok(_) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            return Err(format!(
-                "no complete request line arrived within {} seconds",
-                CLIENT_DEADLINE.as_secs()
-            ))
+    let mut byte = [0u8; 1];
+    while line.len() <= MAX_REQUEST_BYTES {
+        match (&*stream).read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => {
+                line.push(byte[0]);
+                if byte[0] == b'\n' {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(format!(
+                    "no complete request line arrived within {} seconds",
+                    CLIENT_DEADLINE.as_secs()
+                ))
+            }
+            Err(e) => return Err(format!("the request could not be read: {e}")),
         }
-        Err(e) => return Err(format!("the request could not be read: {e}")),
     }
     if line.is_empty() {
         return Ok(None);

@@ -78,8 +78,10 @@ fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
         | (limit & 0x0000_ffff)
 }
 
-/// The segment register contents KVM needs for a descriptor.
-fn segment(selector: u16, descriptor: u64) -> kvm_segment {
+/// The segment register contents KVM needs for a descriptor: what the CPU
+/// loads into a segment register's hidden part (also how the gdb stub
+/// loads a selector gdb writes).
+pub fn segment(selector: u16, descriptor: u64) -> kvm_segment {
     let granular = (descriptor >> 55) & 1 == 1;
     let raw_limit = (((descriptor >> 32) & 0x000f_0000) | (descriptor & 0xffff)) as u32;
     kvm_segment {

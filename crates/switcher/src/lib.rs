@@ -15,6 +15,10 @@
 //!   I/O port or MMIO access the kernel could not handle itself) to the
 //!   devices through the [`ExitHandler`] trait, and deciding when the guest
 //!   has ended.
+//! - [`vcpu_control`]: reaching into running vCPUs from other threads
+//!   (pause, resume, registers, any vCPU ioctl) at a checkpoint before each
+//!   `KVM_RUN`; and [`debug`]: breakpoints and single steps in KVM's terms,
+//!   for the gdb stub.
 //! - [`irq`]: irqfds, ioeventfds and the GSI routing table, so devices on
 //!   their own threads interrupt the guest, and are woken by it, without a
 //!   trip through a vCPU thread.
@@ -23,6 +27,7 @@
 //! [`ExitHandler`], so the crate graph stays a ladder from KVM up to `lg`.
 
 pub mod cpu;
+pub mod debug;
 pub mod host;
 pub mod irq;
 pub mod regs_dump;
@@ -32,8 +37,9 @@ pub mod vm;
 
 pub use cpu::EntryState;
 pub use cpu::Vcpu;
+pub use debug::{Breakpoints, DebugStop, HwBreakpoint, HwError, HwKind};
 pub use host::{check_host, HostError};
 pub use regs_dump::format_registers;
 pub use run::{ExitHandler, ExitStats, GuestEnd, PortAction};
-pub use vcpu_control::{Registers, VcpuControl};
+pub use vcpu_control::{DebugEvent, Registers, RunAction, VcpuControl};
 pub use vm::{SwitcherError, Vm};

@@ -5,7 +5,9 @@
 //! only userspace can decide about (power-off, a triple fault). Each such
 //! exit comes back here, on the vCPU's own thread, and is dispatched to the
 //! [`ExitHandler`]. A vCPU thread that sees the guest end reports it on a
-//! channel; the first report ends the guest as a whole.
+//! channel; the first report ends the guest as a whole. A debug exit (a
+//! breakpoint or a single step, see [`crate::debug`]) goes to
+//! [`VcpuControl`], which pauses the guest for the debugger.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +66,9 @@ pub struct ExitStats {
     pub mmio_write: AtomicU64,
     pub halt: AtomicU64,
     pub interrupted: AtomicU64,
+    /// Breakpoints and single steps (`KVM_EXIT_DEBUG`), the debugger's or
+    /// the guest's own.
+    pub debug: AtomicU64,
     pub other: AtomicU64,
 }
 
@@ -82,13 +87,14 @@ impl fmt::Display for ExitStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         write!(
             f,
-            "exits: {} port in, {} port out, {} MMIO read, {} MMIO write, {} halt, {} interrupted, {} other",
+            "exits: {} port in, {} port out, {} MMIO read, {} MMIO write, {} halt, {} interrupted, {} debug, {} other",
             load(&self.port_in),
             load(&self.port_out),
             load(&self.mmio_read),
             load(&self.mmio_write),
             load(&self.halt),
             load(&self.interrupted),
+            load(&self.debug),
             load(&self.other),
         )
     }
@@ -200,6 +206,13 @@ fn run_vcpu(
                     KVM_SYSTEM_EVENT_CRASH => GuestEnd::Crash("the guest reported a crash".into()),
                     other => GuestEnd::Crash(format!("unknown KVM system event {other}")),
                 })
+            }
+            Ok(VcpuExit::Debug(exit)) => {
+                // A breakpoint or a single step: the debugger's stop parks
+                // this vCPU at its next checkpoint, just above.
+                stats.count(&stats.debug, "debug", index);
+                control.debug_exit(usize::from(index), &vcpu.fd, &exit);
+                PortAction::Continue
             }
             Ok(VcpuExit::FailEntry(reason, cpu)) => PortAction::End(GuestEnd::Crash(format!(
                 "KVM could not enter vCPU {index} (hardware reason {reason:#x}, host CPU {cpu})"

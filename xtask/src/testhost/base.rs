@@ -4,7 +4,9 @@
 //! `target/testhost/base.cpio` and reused: busybox (the test host's whole
 //! userland), `kvm-amd` and its dependencies (the point of the test host),
 //! `tun`, `bridge` and `loop` for network and disk tests, `/bin/lg` with the
-//! glibc it links, and the guest kit under `/kit`. The base is repacked when
+//! glibc it links, and the guest kit under `/kit`. (gdb, which only the gdb
+//! stub's test needs, is not in the base: [`gdb_files`] lists it for that
+//! test's own archive.) The base is repacked when
 //! its recipe or any input changes (a stamp records each input's size and
 //! mtime), so the e2e tests always test the lg that was just built, without
 //! running cargo themselves.
@@ -18,7 +20,7 @@ use std::time::SystemTime;
 use super::dir;
 use crate::command;
 use crate::cpio::Archive;
-use crate::debian::Packages;
+use crate::debian::{self, Packages};
 use crate::error::Context;
 use crate::guest::{add_busybox_root, write_if_changed, Kit};
 use crate::modules::ModuleTree;
@@ -38,6 +40,9 @@ const TESTHOST_MODULES: [&str; 8] = [
     "bridge",
     "loop",
 ];
+
+/// Debian's gdb without Python: what the gdb stub's end-to-end test drives.
+const GDB_PACKAGE: &str = "gdb-minimal";
 
 /// Whether the test host's initramfs must carry lg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +79,14 @@ impl Base {
         }
         let bzimage = packages.vmlinuz()?;
         let busybox = packages.busybox()?;
+        if lg == Lg::Required && debian::apt_available() {
+            // Fetched now, with the kit, so the tests never need apt.
+            if let Err(e) = debian::download_and_unpack(GDB_PACKAGE) {
+                progress(format!(
+                    "testhost: warning: no {GDB_PACKAGE}, so the gdb test will fail: {e}"
+                ));
+            }
+        }
         let base = Base {
             bzimage: bzimage.clone(),
             initramfs: dir().join("base.cpio"),
@@ -147,6 +160,30 @@ impl Base {
             .context(|| format!("cannot write {}", stamp_path.display()))?;
         Ok(base)
     }
+}
+
+/// gdb and every library it links, as (file on this machine, path in the
+/// test host) pairs for [`super::TestHost::file`]: gdb lands at `/bin/gdb`,
+/// the libraries where `ldd` found them. Only the test that drives gdb
+/// carries its 25 MB; the base, which every test boots, does not.
+pub fn gdb_files() -> Result<Vec<(PathBuf, String)>, Error> {
+    let root = debian::download_and_unpack(GDB_PACKAGE)?;
+    let gdb = root.join("usr/bin/gdb");
+    if !gdb.is_file() {
+        return Err(Error::new(format!(
+            "{} is missing from the unpacked {GDB_PACKAGE}",
+            gdb.display()
+        )));
+    }
+    let mut files = vec![(gdb.clone(), "/bin/gdb".to_string())];
+    for library in shared_libraries(&gdb)? {
+        // The file itself: a run's archive keeps symlinks as symlinks, and
+        // the library's name is usually one.
+        let file = fs::canonicalize(&library)
+            .context(|| format!("cannot find {}, which gdb links", library.display()))?;
+        files.push((file, library.to_string_lossy().into_owned()));
+    }
+    Ok(files)
 }
 
 /// An input as the base's stamp records it: path, size, mtime.

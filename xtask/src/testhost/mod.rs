@@ -37,7 +37,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-pub use base::{shared_libraries, Base, Lg};
+pub use base::{gdb_files, shared_libraries, Base, Lg};
 pub use console::Echo;
 
 use crate::command;

@@ -1,0 +1,157 @@
+//! A kernel of one's own: the seed's example, with no initramfs at all.
+//!
+//! `cargo xtask kernel` builds a kernel with every lg driver built in
+//! (`kernel-patches/lg.config`), leaving `target/kernel/bzImage` and the ELF
+//! `target/kernel/vmlinux`. With it, lguest's classic
+//! `lguest 64 vmlinux --block=rootfile root=/dev/vda` works as written: the
+//! kernel finds the virtio disk itself, mounts it as root and runs its
+//! `/sbin/init` (xtask/src/rootfs-init.sh), which prints `LG_ROOTFS_OK`.
+//!
+//! One test host, with both kernels and a copy of the kit's `rootfs.ext4`;
+//! for each kernel (`vmlinux`, `bzimage`):
+//! - `<kernel>-disk`: `lgtest=rootfs`, on the serial console lg adds: the
+//!   disk's init runs and counts its boot on the disk;
+//! - `<kernel>-hvc0`: `console=hvc0` and no `lgtest`: the init says its
+//!   console is hvc0, and a line typed into lg at the shell's prompt runs in
+//!   that shell, whose terminal is `/dev/hvc0`.
+//!
+//! Building the kernel takes minutes, so neither `cargo xtask test` nor CI
+//! does it: without `target/kernel/`, each test says it is skipped and why,
+//! and passes. `cargo xtask kernel && cargo xtask test -p lg-e2e --test
+//! kernel` runs them.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use lg_e2e::{case, script, test_host_limit, Case};
+use xtask::{Kit, TestHost, TestHostRun};
+
+/// The kernels under test: their case-name prefix and their file.
+fn kernels() -> [(&'static str, PathBuf); 2] {
+    [
+        ("vmlinux", xtask::kernel::vmlinux()),
+        ("bzimage", xtask::kernel::bzimage()),
+    ]
+}
+
+/// Why the tests cannot run, if the kernel has not been built.
+fn not_built() -> Option<String> {
+    kernels()
+        .iter()
+        .find(|(_, path)| !path.is_file())
+        .map(|(_, path)| {
+            format!(
+                "{} is missing: run `cargo xtask kernel` first (a few minutes)",
+                xtask::show_path(path)
+            )
+        })
+}
+
+/// Runs `lg_case CASE LG_ARGS` and types two lines into it once the disk's
+/// shell shows its prompt (`rootfs# `), as a person would; it gives up
+/// waiting after 100 s, when lg's own time limit is near.
+///
+/// Typing any earlier would lose the line: Linux's virtio console driver
+/// throws away what arrives on hvc0 before its port is set up (`in_intr`
+/// finds no port and flushes the buffers), and lg hands typed bytes to the
+/// guest as soon as it posts receive buffers.
+const TYPE_AT_THE_PROMPT: &str = "\
+{ i=0; until grep -q 'rootfs# ' /tmp/CASE.out 2>/dev/null || [ $i -ge 100 ]; do \
+sleep 1; i=$((i + 1)); done; printf 'echo LG_SHELL_TTY=$(tty)\\npoweroff -f\\n'; } | \
+lg_case CASE LG_ARGS | tee /tmp/CASE.out
+";
+
+/// The run's transcript, or `None` (after saying so) when there is no kernel.
+fn test_host(test: &str) -> Option<&'static TestHostRun> {
+    if let Some(reason) = not_built() {
+        // Straight to stderr, past the test harness's capture, which would
+        // hide the word "skipped" behind an "ok".
+        let _ = writeln!(std::io::stderr(), "skipped {test}: {reason}");
+        return None;
+    }
+    static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        // The guest writes to its disk: give it a copy, not the kit's image.
+        let image = std::env::temp_dir().join(format!("lg-e2e-kroot-{}.img", std::process::id()));
+        std::fs::copy(Kit::rootfs(), &image)
+            .map_err(|e| format!("cannot copy {}: {e}", Kit::rootfs().display()))?;
+        let mut body = String::new();
+        for (name, _) in kernels() {
+            // 64 MiB and no --initrd, as in the seed's example.
+            let run =
+                format!("run --block=/disk/root.img 64 /kernel/{name} root=/dev/vda panic=-1");
+            body.push_str(&format!("lg_case {name}-disk {run} lgtest=rootfs\n"));
+            body.push_str(
+                &TYPE_AT_THE_PROMPT
+                    .replace("CASE", &format!("{name}-hvc0"))
+                    .replace("LG_ARGS", &format!("{run} console=hvc0")),
+            );
+        }
+        let mut host = TestHost::new()
+            .file(&image, "/disk/root.img")
+            .timeout(test_host_limit(4, 0));
+        for (name, path) in kernels() {
+            host = host.file(path, &format!("/kernel/{name}"));
+        }
+        let run = host.run(&script(&body)).map_err(|e| e.to_string());
+        let _ = std::fs::remove_file(&image);
+        run
+    });
+    match run {
+        Ok(run) => Some(run),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The case `<kernel>-<what>` of the run.
+fn kernel_case(run: &TestHostRun, kernel: &str, what: &str) -> Case {
+    case(&run.output, &format!("{kernel}-{what}"))
+}
+
+#[test]
+fn the_kernel_boots_the_disk_with_no_initramfs() {
+    let Some(run) = test_host("the_kernel_boots_the_disk_with_no_initramfs") else {
+        return;
+    };
+    for (kernel, _) in kernels() {
+        let disk = kernel_case(run, kernel, "disk");
+        assert!(
+            disk.printed("LG_ROOTFS_OK"),
+            "{kernel} never ran the disk's /sbin/init\n{}",
+            disk.describe()
+        );
+        assert!(
+            disk.printed("LG_ROOTFS_BOOTS="),
+            "{kernel}: the disk's init should count its boot on the disk\n{}",
+            disk.describe()
+        );
+        assert!(
+            !disk.printed("Unpacking initramfs") && !disk.printed("Trying to unpack rootfs"),
+            "{kernel} unpacked an initramfs, but lg was given none\n{}",
+            disk.describe()
+        );
+        assert_eq!(disk.status, Some(0), "{kernel}\n{}", disk.describe());
+    }
+}
+
+#[test]
+fn with_console_hvc0_the_shell_is_on_hvc0() {
+    let Some(run) = test_host("with_console_hvc0_the_shell_is_on_hvc0") else {
+        return;
+    };
+    for (kernel, _) in kernels() {
+        let hvc0 = kernel_case(run, kernel, "hvc0");
+        assert!(
+            hvc0.printed("LG_ROOTFS_CONSOLE=hvc0"),
+            "{kernel}: the kernel's console should be hvc0\n{}",
+            hvc0.describe()
+        );
+        assert!(
+            hvc0.printed("LG_SHELL_TTY=/dev/hvc0"),
+            "{kernel}: a line typed at the prompt should run in a shell on /dev/hvc0\n{}",
+            hvc0.describe()
+        );
+        assert_eq!(hvc0.status, Some(0), "{kernel}\n{}", hvc0.describe());
+    }
+}

@@ -1,0 +1,203 @@
+//! `cargo xtask soak`: lg's reliability, counted rather than assumed.
+//!
+//! Two soaks, both inside one nested test host, neither part of CI (each
+//! takes tens of minutes on these machines):
+//!
+//! - **Kill soak** (crash consistency): a guest boots from a copy of the
+//!   kit's `rootfs.ext4`, counts up in a file on it, syncing after every
+//!   value and saying `LG_SYNCED=<n>` on its console (`lgtest=syncloop` in
+//!   `guest-init.sh`); lg is killed with SIGKILL at a random moment after
+//!   the first sync. Then, on a copy of the image, `e2fsck -fy` replays the
+//!   journal (as the next mount would) and a second `e2fsck -fn` must find
+//!   nothing; and the next cycle's guest must find a counter at least the
+//!   last value the killed guest reported synced. A cycle passes when both
+//!   hold.
+//! - **Boot soak**: boot the kit to `/init` and power off, again and again;
+//!   a boot passes when the guest printed `LG_GUEST_INIT_OK` and lg exited 0.
+//!
+//! Every failing cycle prints the end of its console, so a failure can be
+//! understood, not just counted.
+
+use std::fs;
+use std::time::Duration;
+
+use crate::testhost::{shared_libraries, Echo, TestHost};
+use crate::{progress, Error, Kit};
+
+/// What to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Soak {
+    pub kills: u32,
+    pub boots: u32,
+}
+
+/// The test host's script: the kill cycles, then the boots, each reported
+/// on a `LG_SOAK` line.
+const SCRIPT: &str = r#"
+K="/kit/bzImage --initrd=/kit/initrd.cpio.gz console=ttyS0 panic=-1 quiet"
+# Waits up to $2 tenths of a second for /tmp/cycle.out to match $1.
+wait_for() {
+	waited=0
+	while ! grep -q "$1" /tmp/cycle.out && [ $waited -lt $2 ]; do
+		sleep 0.1
+		waited=$((waited + 1))
+	done
+}
+console_tail() {
+	tail -n 15 /tmp/cycle.out | sed "s/^/LG_SOAK_CONSOLE $1 /"
+}
+previous=0
+cycle=1
+while [ $cycle -le KILLS ]; do
+	lg run --block=/disk/root.img 256 $K lgtest=syncloop </dev/null >/tmp/cycle.out 2>&1 &
+	pid=$!
+	wait_for 'LG_SYNCED=\|LG_MOUNT_FAILED' 3000
+	sleep $((RANDOM % 2)).$((RANDOM % 10))
+	kill -9 $pid
+	wait $pid 2>/dev/null
+	found=$(grep -o 'LG_FOUND=[0-9]*' /tmp/cycle.out | head -n 1 | cut -d= -f2)
+	synced=$(grep -o 'LG_SYNCED=[0-9]*' /tmp/cycle.out | tail -n 1 | cut -d= -f2)
+	cp /disk/root.img /tmp/check.img
+	e2fsck -fy /tmp/check.img >/tmp/fsck1.out 2>&1
+	replay=$?
+	e2fsck -fn /tmp/check.img >/tmp/fsck2.out 2>&1
+	check=$?
+	echo "LG_SOAK kill $cycle found=${found:-none} previous=$previous synced=${synced:-none} replay=$replay check=$check"
+	if [ -z "$found" ] || [ -z "$synced" ] || [ "$found" -lt "$previous" ] || [ $check != 0 ]; then
+		console_tail $cycle
+		sed "s/^/LG_SOAK_FSCK $cycle /" /tmp/fsck2.out | tail -n 10
+	fi
+	[ -n "$synced" ] && previous=$synced
+	cycle=$((cycle + 1))
+done
+boot=1
+while [ $boot -le BOOTS ]; do
+	timeout -s KILL 300 lg run 256 $K lgtest=poweroff </dev/null >/tmp/cycle.out 2>&1
+	status=$?
+	init=no
+	grep -q LG_GUEST_INIT_OK /tmp/cycle.out && init=yes
+	echo "LG_SOAK boot $boot status=$status init=$init"
+	[ $status = 0 ] && [ $init = yes ] || console_tail boot-$boot
+	boot=$((boot + 1))
+done
+"#;
+
+/// One kill cycle's result, from its `LG_SOAK kill` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillCycle {
+    pub found: Option<u64>,
+    pub previous: u64,
+    pub synced: Option<u64>,
+    pub check: i32,
+}
+
+impl KillCycle {
+    /// The guest mounted its disk, found at least what was synced before,
+    /// synced again, and the filesystem checks clean after journal replay.
+    pub fn passed(&self) -> bool {
+        self.found.is_some_and(|found| found >= self.previous)
+            && self.synced.is_some()
+            && self.check == 0
+    }
+}
+
+/// The two soaks' lines, parsed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Results {
+    pub kills: Vec<KillCycle>,
+    /// Each boot: passed or not.
+    pub boots: Vec<bool>,
+}
+
+pub fn parse(output: &str) -> Results {
+    let mut results = Results::default();
+    for line in output.lines() {
+        let Some(rest) = line.strip_prefix("LG_SOAK ") else {
+            continue;
+        };
+        let field = |key: &str| -> Option<&str> {
+            rest.split_whitespace().find_map(|w| w.strip_prefix(key))
+        };
+        let number = |key: &str| field(key).and_then(|v| v.parse::<u64>().ok());
+        if rest.starts_with("kill ") {
+            results.kills.push(KillCycle {
+                found: number("found="),
+                previous: number("previous=").unwrap_or(0),
+                synced: number("synced="),
+                check: field("check=").and_then(|v| v.parse().ok()).unwrap_or(-1),
+            });
+        } else if rest.starts_with("boot ") {
+            results
+                .boots
+                .push(field("status=") == Some("0") && field("init=") == Some("yes"));
+        }
+    }
+    results
+}
+
+/// Runs the soaks and prints the counts; the status is 0 only when every
+/// cycle and boot passed.
+pub fn run(soak: Soak) -> Result<i32, Error> {
+    let kit = Kit::existing()?;
+    let e2fsck = crate::command::find_in_path("e2fsck")
+        .ok_or_else(|| Error::new("e2fsck is not installed here (apt-get install e2fsprogs)"))?;
+    let image = std::env::temp_dir().join(format!("lg-soak-{}.img", std::process::id()));
+    fs::copy(Kit::rootfs(), &image)
+        .map_err(|e| Error::new(format!("cannot copy {}: {e}", Kit::rootfs().display())))?;
+    let mut host = TestHost::new()
+        .file(&image, "/disk/root.img")
+        .file(&e2fsck, "/bin/e2fsck")
+        .echo(Echo::Stderr)
+        .timeout(Duration::from_secs(
+            120 + 330 * u64::from(soak.kills) + 300 * u64::from(soak.boots),
+        ));
+    for library in shared_libraries(&e2fsck)? {
+        let inside = library.to_string_lossy().into_owned();
+        host = host.file(&library, &inside);
+    }
+    progress(format!(
+        "soak: {} kill cycles and {} boots of {} in one test host",
+        soak.kills, soak.boots, kit.kernel_version
+    ));
+    let script = SCRIPT
+        .replace("KILLS", &soak.kills.to_string())
+        .replace("BOOTS", &soak.boots.to_string());
+    let run = host.run(&script);
+    let _ = fs::remove_file(&image);
+    let run = run.map_err(|e| Error::new(e.to_string()))?;
+    let results = parse(&run.output);
+    let kills_passed = results.kills.iter().filter(|c| c.passed()).count();
+    let boots_passed = results.boots.iter().filter(|&&b| b).count();
+    println!(
+        "kill soak: {kills_passed}/{} cycles passed (synced data found after SIGKILL, e2fsck clean after journal replay)",
+        soak.kills
+    );
+    println!(
+        "boot soak: {boots_passed}/{} boots reached /init and powered off",
+        soak.boots
+    );
+    let all = kills_passed == soak.kills as usize && boots_passed == soak.boots as usize;
+    Ok(if all { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_and_boots_are_read_and_judged() {
+        let output = "\
+LG_SOAK kill 1 found=0 previous=0 synced=7 replay=1 check=0
+LG_SOAK kill 2 found=7 previous=7 synced=9 replay=1 check=0
+LG_SOAK kill 3 found=none previous=9 synced=none replay=0 check=0
+LG_SOAK kill 4 found=3 previous=9 synced=5 replay=1 check=0
+LG_SOAK kill 5 found=9 previous=9 synced=12 replay=1 check=4
+LG_SOAK boot 1 status=0 init=yes
+LG_SOAK boot 2 status=137 init=yes
+noise";
+        let results = parse(output);
+        let passed: Vec<bool> = results.kills.iter().map(KillCycle::passed).collect();
+        assert_eq!(passed, [true, true, false, false, false]);
+        assert_eq!(results.boots, [true, false]);
+    }
+}
