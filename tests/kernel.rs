@@ -15,6 +15,10 @@
 //!   console is hvc0, and a line typed into lg at the shell's prompt runs in
 //!   that shell, whose terminal is `/dev/hvc0`.
 //!
+//! - `seed`: the seed's line as written, `lguest 64 vmlinux
+//!   --tunnet=192.168.19.1 --block=rootfile root=/dev/vda`: the kernel
+//!   configures eth0 from the `ip=` lg adds, and the shell pings the host.
+//!
 //! Building the kernel takes minutes, so neither `cargo xtask test` nor CI
 //! does it: without `target/kernel/`, each test says it is skipped and why,
 //! and passes. `cargo xtask kernel && cargo xtask test -p lg-e2e --test
@@ -58,9 +62,17 @@ fn not_built() -> Option<String> {
 /// guest as soon as it posts receive buffers.
 const TYPE_AT_THE_PROMPT: &str = "\
 { i=0; until grep -q 'rootfs# ' /tmp/CASE.out 2>/dev/null || [ $i -ge 100 ]; do \
-sleep 1; i=$((i + 1)); done; printf 'echo LG_SHELL_TTY=$(tty)\\npoweroff -f\\n'; } | \
+sleep 1; i=$((i + 1)); done; printf 'TYPED'; } | \
 lg_case CASE LG_ARGS | tee /tmp/CASE.out
 ";
+
+/// What the hvc0 cases type: where the shell's terminal is, then power off.
+const TYPED_TTY: &str = "echo LG_SHELL_TTY=$(tty)\\npoweroff -f\\n";
+
+/// What the seed's line types: a ping of the host's end of the tap, which
+/// the kernel's own `ip=` (from lg) configured, then power off.
+const TYPED_PING: &str =
+    "ping -c 2 192.168.19.1 >/dev/null && echo LG_SEED_PING_OK\\npoweroff -f\\n";
 
 /// The run's transcript, or `None` (after saying so) when there is no kernel.
 fn test_host(test: &str) -> Option<&'static TestHostRun> {
@@ -84,13 +96,26 @@ fn test_host(test: &str) -> Option<&'static TestHostRun> {
             body.push_str(&format!("lg_case {name}-disk {run} lgtest=rootfs\n"));
             body.push_str(
                 &TYPE_AT_THE_PROMPT
+                    .replace("TYPED", TYPED_TTY)
                     .replace("CASE", &format!("{name}-hvc0"))
                     .replace("LG_ARGS", &format!("{run} console=hvc0")),
             );
         }
+        // The seed's example, word for word, through lguest's syntax
+        // (`lg lguest` is lg started as `lguest`).
+        body.push_str(
+            &TYPE_AT_THE_PROMPT
+                .replace("TYPED", TYPED_PING)
+                .replace("CASE", "seed")
+                .replace(
+                    "LG_ARGS",
+                    "lguest 64 /kernel/vmlinux --tunnet=192.168.19.1 --block=/disk/root.img \
+                     root=/dev/vda",
+                ),
+        );
         let mut host = TestHost::new()
             .file(&image, "/disk/root.img")
-            .timeout(test_host_limit(4, 0));
+            .timeout(test_host_limit(5, 0));
         for (name, path) in kernels() {
             host = host.file(path, &format!("/kernel/{name}"));
         }
@@ -154,4 +179,19 @@ fn with_console_hvc0_the_shell_is_on_hvc0() {
         );
         assert_eq!(hvc0.status, Some(0), "{kernel}\n{}", hvc0.describe());
     }
+}
+
+#[test]
+fn the_seeds_example_line_boots_with_its_disk_and_network() {
+    let Some(run) = test_host("the_seeds_example_line_boots_with_its_disk_and_network") else {
+        return;
+    };
+    let seed = case(&run.output, "seed");
+    assert!(seed.printed("LG_ROOTFS_OK"), "{}", seed.describe());
+    assert!(
+        seed.printed("LG_SEED_PING_OK"),
+        "the guest could not ping the host's end of its tap\n{}",
+        seed.describe()
+    );
+    assert_eq!(seed.status, Some(0), "{}", seed.describe());
 }
