@@ -50,9 +50,9 @@
 //!   the figure is the time from the first start to the last `/init`,
 //!   against 3 × one guest's. Starting several guests at the same instant
 //!   has crashed the nested test host's kernel (kvm-amd under QEMU's
-//!   emulated SVM: "BUG: TASK stack guard page was hit"); if that happens,
-//!   or not every guest reaches `/init`, a second test host starts them
-//!   2 s apart and the table says "staggered".
+//!   emulated SVM: "BUG: TASK stack guard page was hit"; one run in two
+//!   here); if that happens, or not every guest reaches `/init`, a second
+//!   test host starts them 2 s apart and the table says "staggered".
 //!
 //! `--only boot,net` (any of `boot`, `idle`, `net`, `lazy`, `many`) runs
 //! only those parts; all of them take about 40 minutes on a 2-core machine.

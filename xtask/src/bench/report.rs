@@ -116,6 +116,10 @@ pub struct Report {
     /// This machine's `/proc/loadavg` when the bench started and ended.
     load_before: String,
     load_after: String,
+    /// The lg commit when the bench started (lg is built then), and when it
+    /// ended, if the tree moved in between.
+    commit: String,
+    commit_after: Option<String>,
     columns: Vec<Column>,
     /// lg beside QEMU.
     figures: Vec<Figure>,
@@ -229,6 +233,8 @@ impl Report {
             parts: options.parts.clone(),
             load_before: load(),
             load_after: String::new(),
+            commit: commit(),
+            commit_after: None,
             columns: vmms
                 .iter()
                 .map(|&vmm| Column {
@@ -492,6 +498,8 @@ impl Report {
             }
         }
         self.load_after = load();
+        let now = commit();
+        self.commit_after = (now != self.commit).then_some(now);
     }
 
     fn beside_qemu(&self) -> bool {
@@ -507,7 +515,11 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.command);
-        let _ = writeln!(out, "lg: {}", commit());
+        let _ = write!(out, "lg: {}", self.commit);
+        if let Some(after) = &self.commit_after {
+            let _ = write!(out, " (the tree was at {after} when the bench ended)");
+        }
+        out.push('\n');
         let _ = writeln!(out, "machine: {}", machine());
         let _ = writeln!(
             out,
@@ -638,7 +650,12 @@ impl Report {
             json_string(&self.load_before)
         );
         let _ = writeln!(out, "  \"load_after\": {},", json_string(&self.load_after));
-        let _ = writeln!(out, "  \"lg_commit\": {},", json_string(&commit()));
+        let _ = writeln!(out, "  \"lg_commit\": {},", json_string(&self.commit));
+        let _ = writeln!(
+            out,
+            "  \"lg_commit_at_end\": {},",
+            json_string(self.commit_after.as_deref().unwrap_or(&self.commit))
+        );
         let _ = writeln!(out, "  \"guest_kernel\": {},", json_string(&self.kernel));
         let _ = writeln!(out, "  \"guest_mb\": {GUEST_MB},");
         let _ = writeln!(out, "  \"runs\": {},", self.runs);
