@@ -146,15 +146,22 @@ pub fn run(soak: Soak) -> Result<i32, Error> {
         .map_err(|e| Error::new(format!("cannot copy {}: {e}", Kit::rootfs().display())))?;
     let mut host = TestHost::new()
         .file(&image, "/disk/root.img")
-        .file(&e2fsck, "/bin/e2fsck")
         .echo(Echo::Stderr)
         .timeout(Duration::from_secs(
             120 + 330 * u64::from(soak.kills) + 300 * u64::from(soak.boots),
         ));
     for library in shared_libraries(&e2fsck)? {
-        let inside = library.to_string_lossy().into_owned();
-        host = host.file(&library, &inside);
+        // The file itself, not the symlink most library names are: a run's
+        // archive keeps symlinks as symlinks, and a relative one pointing
+        // nowhere in the test host would replace a working library (the
+        // dynamic loader's name is one).
+        let file = fs::canonicalize(&library)
+            .map_err(|e| Error::new(format!("cannot find {}: {e}", library.display())))?;
+        host = host.file(&file, &library.to_string_lossy());
     }
+    let e2fsck = fs::canonicalize(&e2fsck)
+        .map_err(|e| Error::new(format!("cannot find {}: {e}", e2fsck.display())))?;
+    host = host.file(&e2fsck, "/bin/e2fsck");
     progress(format!(
         "soak: {} kill cycles and {} boots of {} in one test host",
         soak.kills, soak.boots, kit.kernel_version
