@@ -54,6 +54,10 @@ wait_for /tmp/beta.log 200 LG_TICK=2
 lg run --name=gamma 128 $K lgtest=poweroff </dev/null >/tmp/gamma.log 2>&1
 echo "LG_GAMMA_STATUS=$?"
 show LG_PS lg ps
+# If a guest is missing from ps, its console says why.
+for guest in alpha beta; do
+	tail -n 25 /tmp/$guest.log | sed "s/^/LG_LOG_$guest /"
+done
 
 va=$(sed -n 's/.*LG_PATTERN_READY va=\(0x[0-9a-f]*\).*/\1/p' /tmp/alpha.log | head -1)
 echo "LG_PATTERN_VA=$va"
@@ -163,7 +167,13 @@ fn ps_lists_the_running_guests_and_not_the_one_that_ended() {
         .iter()
         .filter_map(|line| line.split_whitespace().next())
         .collect();
-    assert_eq!(names, ["alpha", "beta"], "{ps:?}");
+    assert_eq!(
+        names,
+        ["alpha", "beta"],
+        "{ps:?}\nalpha's console ends:\n{}\nbeta's console ends:\n{}",
+        shown("LG_LOG_alpha").join("\n"),
+        shown("LG_LOG_beta").join("\n")
+    );
     assert!(
         ps[1].contains("256M") && ps[1].contains("bzImage"),
         "{ps:?}"
