@@ -19,10 +19,11 @@
 //!   --tunnet=192.168.19.1 --block=rootfile root=/dev/vda`: the kernel
 //!   configures eth0 from the `ip=` lg adds, and the shell pings the host.
 //!
-//! Building the kernel takes minutes, so neither `cargo xtask test` nor CI
-//! does it: without `target/kernel/`, each test says it is skipped and why,
-//! and passes. `cargo xtask kernel && cargo xtask test -p lg-e2e --test
-//! kernel` runs them.
+//! `cargo xtask test` builds the kernel first (minutes the first time on a
+//! machine, then it comes from the machine's cache) when it runs every test
+//! or its arguments name `kernel`, so CI runs these. Only a plain
+//! `cargo test` without `target/kernel/` gets here without the kernel: each
+//! test then says it is skipped and why, and passes.
 
 use std::io::Write;
 use std::path::PathBuf;

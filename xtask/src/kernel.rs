@@ -20,6 +20,14 @@
 //! - `kernel.stamp`: the recipe of the last good build, so an unchanged
 //!   source and lg.config build nothing.
 //!
+//! A good build is also kept outside the checkout, in the machine's cache
+//! (`$LG_CACHE_DIR`, else `$XDG_CACHE_HOME/lg`, else `~/.cache/lg`, under
+//! `kernel/`), with its recipe: `cargo xtask test` builds this kernel for
+//! its kernel tests, and CI starts each run from a fresh clone, so without
+//! the cache every run on the same machine would spend its minutes
+//! compiling the same kernel again. A cached kernel is used only when its
+//! recipe (source package, patches, lg.config) is exactly this checkout's.
+//!
 //! Kconfig silently drops a symbol it does not know or whose dependencies
 //! are off. So after configuring, every line of lg.config is checked against
 //! the final `.config`, and a build that lost one stops, naming it.
@@ -99,6 +107,84 @@ fn stamp_path() -> PathBuf {
     dir().join("kernel.stamp")
 }
 
+/// The machine's cache of the last good build, shared by every checkout:
+/// `$LG_CACHE_DIR/kernel`, else `$XDG_CACHE_HOME/lg/kernel`, else
+/// `~/.cache/lg/kernel`; `None` when none of them is set.
+pub fn cache_dir() -> Option<PathBuf> {
+    let set = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let base = set("LG_CACHE_DIR")
+        .or_else(|| set("XDG_CACHE_HOME").map(|dir| dir.join("lg")))
+        .or_else(|| set("HOME").map(|home| home.join(".cache/lg")))?;
+    Some(base.join("kernel"))
+}
+
+/// The files a build leaves in `target/kernel/`, each kept in the cache too.
+fn results() -> [PathBuf; 3] {
+    [bzimage(), vmlinux(), dir().join("config")]
+}
+
+/// Copies a cached build of exactly `recipe` into `target/kernel/`; false
+/// when the cache holds no such build.
+fn take_from_cache(recipe: &str) -> Result<bool, Error> {
+    let Some(cache) = cache_dir() else {
+        return Ok(false);
+    };
+    if !fs::read_to_string(cache.join("recipe")).is_ok_and(|cached| cached == recipe) {
+        return Ok(false);
+    }
+    fs::create_dir_all(dir()).context(|| format!("cannot create {}", dir().display()))?;
+    for result in results() {
+        let name = result.file_name().unwrap_or_default();
+        let Ok(bytes) = fs::read(cache.join(name)) else {
+            return Ok(false);
+        };
+        write_if_changed(&result, &bytes)?;
+    }
+    fs::write(stamp_path(), recipe)
+        .context(|| format!("cannot write {}", stamp_path().display()))?;
+    Ok(true)
+}
+
+/// Keeps the build in `target/kernel/` in the cache, replacing whatever was
+/// there. The files go into a scratch directory renamed into place, so a
+/// reader never finds half a build; a cache that cannot be written only
+/// costs the next checkout a build, so that is a warning, not an error.
+fn keep_in_cache(recipe: &str) {
+    let Some(cache) = cache_dir() else {
+        return;
+    };
+    if fs::read_to_string(cache.join("recipe")).is_ok_and(|cached| cached == recipe) {
+        return;
+    }
+    let scratch = cache.with_extension(format!("partial-{}", std::process::id()));
+    let kept = (|| -> std::io::Result<()> {
+        let _ = fs::remove_dir_all(&scratch);
+        fs::create_dir_all(&scratch)?;
+        for result in results() {
+            fs::copy(
+                &result,
+                scratch.join(result.file_name().unwrap_or_default()),
+            )?;
+        }
+        fs::write(scratch.join("recipe"), recipe)?;
+        if cache.exists() {
+            fs::remove_dir_all(&cache)?;
+        }
+        fs::rename(&scratch, &cache)
+    })();
+    if let Err(e) = kept {
+        let _ = fs::remove_dir_all(&scratch);
+        progress(format!(
+            "kernel: warning: cannot keep the build in {}: {e}",
+            cache.display()
+        ));
+    }
+}
+
 /// What [`build`] leaves behind.
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -108,6 +194,8 @@ pub struct Built {
     pub release: String,
     /// How long `make bzImage` took, or `None` if nothing had changed.
     pub make_time: Option<Duration>,
+    /// Whether the build came from the machine's cache ([`cache_dir`]).
+    pub from_cache: bool,
 }
 
 /// Builds `target/kernel/bzImage` and `vmlinux` unless a build from the
@@ -129,22 +217,24 @@ pub fn build() -> Result<Built, Error> {
     let patches = patches()?;
 
     let package = debian::download_and_unpack(SOURCE_PACKAGE)?;
-    let source = unpack_source(&package, &patches)?;
     let recipe = format!(
         "{}base {BASE_CONFIG} {ARCH}\n--- lg.config ---\n{fragment_text}",
         source_recipe(&package, &patches)
     );
-    if fs::read_to_string(stamp_path()).is_ok_and(|stamp| stamp == recipe)
-        && bzimage().is_file()
-        && vmlinux().is_file()
-    {
+    let built_here = fs::read_to_string(stamp_path()).is_ok_and(|stamp| stamp == recipe)
+        && results().iter().all(|result| result.is_file());
+    if built_here || take_from_cache(&recipe)? {
+        keep_in_cache(&recipe);
         return Ok(Built {
             bzimage: bzimage(),
             vmlinux: vmlinux(),
             release: release_of(&bzimage())?,
             make_time: None,
+            from_cache: !built_here,
         });
     }
+
+    let source = unpack_source(&package, &patches)?;
 
     configure(&source, &fragment)?;
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -164,13 +254,15 @@ pub fn build() -> Result<Built, Error> {
         let bytes = fs::read(&from).context(|| format!("cannot read {}", from.display()))?;
         write_if_changed(&to, &bytes)?;
     }
-    fs::write(stamp_path(), recipe)
+    fs::write(stamp_path(), &recipe)
         .context(|| format!("cannot write {}", stamp_path().display()))?;
+    keep_in_cache(&recipe);
     Ok(Built {
         bzimage: bzimage(),
         vmlinux: vmlinux(),
         release: release_of(&bzimage())?,
         make_time: Some(make_time),
+        from_cache: false,
     })
 }
 

@@ -26,9 +26,10 @@ usage: cargo xtask <command>
         (MEM in MiB, default 256); inside the nested test host when this
         machine's KVM cannot run a stock kernel
   test [CARGO TEST ARGS...]
-        build lg, the guest kit and the test host, then `cargo test`
-        (default `--workspace --no-fail-fast`): unit tests and the
-        end-to-end tests
+        build lg, the guest kit, the test host and (for a full run, or
+        when the arguments name `kernel`) the kernel of `kernel` below,
+        then `cargo test` (default `--workspace --no-fail-fast`): unit
+        tests and the end-to-end tests
   guest [--kernel FILE --initrd FILE]
         fetch Debian's cloud kernel and busybox and build the guest kit in
         target/guest/, or make the kit your own kernel and initramfs
@@ -56,7 +57,9 @@ usage: cargo xtask <command>
         linux-source-6.1 (tinyconfig plus kernel-patches/lg.config):
         target/kernel/bzImage and vmlinux, which boot from a disk with no
         initramfs (--block=target/guest/rootfs.ext4 root=/dev/vda); 7 to 17
-        minutes on 2 cores, then nothing until lg.config or the source changes
+        minutes on 2 cores, then nothing until lg.config or the source
+        changes; a good build is kept in the machine's cache ($LG_CACHE_DIR,
+        else $XDG_CACHE_HOME/lg, else ~/.cache/lg) for every checkout
   soak [--kills N] [--boots N]
         reliability, counted, in one test host (not CI: tens of minutes):
         N times (default 100) kill lg with SIGKILL while its guest syncs
@@ -155,7 +158,7 @@ fn test(args: &[String]) -> Result<i32, Error> {
     let mut timings: Vec<(&str, Duration)> = Vec::new();
     let step = |number: usize, title: &'static str| {
         let now = Instant::now();
-        progress(format!("\n==> [{number}/4] {title}"));
+        progress(format!("\n==> [{number}/5] {title}"));
         move |timings: &mut Vec<(&str, Duration)>| timings.push((title, now.elapsed()))
     };
 
@@ -184,6 +187,23 @@ fn test(args: &[String]) -> Result<i32, Error> {
     progress(format!("test host: {}", show_path(&base.initramfs)));
     done(&mut timings);
 
+    // The kernel tests (tests/kernel.rs) boot a kernel of lg's own, which
+    // takes minutes to build the first time on a machine (then it comes
+    // from the machine's cache): built when every test runs, or when the
+    // arguments name the kernel tests; other partial runs skip them.
+    let done = step(
+        4,
+        "guest kernel: cargo xtask kernel (tinyconfig + kernel-patches/lg.config)",
+    );
+    if args.is_empty() || args.iter().any(|arg| arg.contains("kernel")) {
+        let built_from = Instant::now();
+        let built = xtask::kernel::build()?;
+        report_kernel(&built, built_from);
+    } else {
+        progress("guest kernel: not needed by the tests asked for");
+    }
+    done(&mut timings);
+
     // --no-fail-fast: one failing test binary must not hide the others'
     // results, since each e2e binary is a test host boot of its own.
     let cargo_args: Vec<String> = if args.is_empty() {
@@ -192,7 +212,7 @@ fn test(args: &[String]) -> Result<i32, Error> {
         args.to_vec()
     };
     let done = step(
-        4,
+        5,
         "tests: cargo test (unit tests, then the end-to-end tests)",
     );
     let tested = run_visible(cargo().arg("test").args(&cargo_args));
@@ -462,6 +482,12 @@ fn kernel(args: &[String]) -> Result<i32, Error> {
     }
     let started = Instant::now();
     let built = xtask::kernel::build()?;
+    report_kernel(&built, started);
+    Ok(0)
+}
+
+/// Says which kernel [`xtask::kernel::build`] left, and how it came to be.
+fn report_kernel(built: &xtask::kernel::Built, started: Instant) {
     let size = |path: &std::path::Path| {
         std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / 1_000_000.0)
     };
@@ -470,6 +496,12 @@ fn kernel(args: &[String]) -> Result<i32, Error> {
             "built in {:.0} s ({:.0} s of it make bzImage)",
             started.elapsed().as_secs_f64(),
             make.as_secs_f64()
+        ),
+        None if built.from_cache => format!(
+            "taken from the machine's cache ({}): the same source, patches and lg.config",
+            xtask::kernel::cache_dir()
+                .map(|dir| dir.display().to_string())
+                .unwrap_or_default()
         ),
         None => "up to date: lg.config and the source are unchanged".to_string(),
     };
@@ -481,7 +513,6 @@ fn kernel(args: &[String]) -> Result<i32, Error> {
         show_path(&built.vmlinux),
         size(&built.vmlinux),
     ));
-    Ok(0)
 }
 
 /// Splits `A B -- C D` into `[A, B]` and `[C, D]`.

@@ -1,7 +1,8 @@
 //! `cargo xtask soak`: lg's reliability, counted rather than assumed.
 //!
-//! Two soaks, both inside one nested test host, neither part of CI (each
-//! takes tens of minutes on these machines):
+//! Two soaks, both inside one nested test host, not part of CI at these
+//! counts (each takes tens of minutes on these machines; twenty kill cycles
+//! do run in CI, from `tests/durability.rs` through [`run_in_test_host`]):
 //!
 //! - **Kill soak** (crash consistency): a guest boots from a copy of the
 //!   kit's `rootfs.ext4`, counts up in a file on it, syncing after every
@@ -138,6 +139,26 @@ pub fn parse(output: &str) -> Results {
 /// Runs the soaks and prints the counts; the status is 0 only when every
 /// cycle and boot passed.
 pub fn run(soak: Soak) -> Result<i32, Error> {
+    let (results, _) = run_in_test_host(soak, Echo::Stderr)?;
+    let kills_passed = results.kills.iter().filter(|c| c.passed()).count();
+    let boots_passed = results.boots.iter().filter(|&&b| b).count();
+    println!(
+        "kill soak: {kills_passed}/{} cycles passed (synced data found after SIGKILL, e2fsck clean after journal replay)",
+        soak.kills
+    );
+    println!(
+        "boot soak: {boots_passed}/{} boots reached /init and powered off",
+        soak.boots
+    );
+    let all = kills_passed == soak.kills as usize && boots_passed == soak.boots as usize;
+    Ok(if all { 0 } else { 1 })
+}
+
+/// Runs the soaks in one test host, its console echoed as `echo` says, and
+/// gives each cycle's result with the whole console (where a failing
+/// cycle's `LG_SOAK_CONSOLE` and `LG_SOAK_FSCK` lines are). The end-to-end
+/// test `tests/durability.rs` runs a short kill soak through this too.
+pub fn run_in_test_host(soak: Soak, echo: Echo) -> Result<(Results, String), Error> {
     let kit = Kit::existing()?;
     let e2fsck = crate::command::find_in_path("e2fsck")
         .ok_or_else(|| Error::new("e2fsck is not installed here (apt-get install e2fsprogs)"))?;
@@ -146,7 +167,7 @@ pub fn run(soak: Soak) -> Result<i32, Error> {
         .map_err(|e| Error::new(format!("cannot copy {}: {e}", Kit::rootfs().display())))?;
     let mut host = TestHost::new()
         .file(&image, "/disk/root.img")
-        .echo(Echo::Stderr)
+        .echo(echo)
         .timeout(Duration::from_secs(
             120 + 330 * u64::from(soak.kills) + 300 * u64::from(soak.boots),
         ));
@@ -172,19 +193,7 @@ pub fn run(soak: Soak) -> Result<i32, Error> {
     let run = host.run(&script);
     let _ = fs::remove_file(&image);
     let run = run.map_err(|e| Error::new(e.to_string()))?;
-    let results = parse(&run.output);
-    let kills_passed = results.kills.iter().filter(|c| c.passed()).count();
-    let boots_passed = results.boots.iter().filter(|&&b| b).count();
-    println!(
-        "kill soak: {kills_passed}/{} cycles passed (synced data found after SIGKILL, e2fsck clean after journal replay)",
-        soak.kills
-    );
-    println!(
-        "boot soak: {boots_passed}/{} boots reached /init and powered off",
-        soak.boots
-    );
-    let all = kills_passed == soak.kills as usize && boots_passed == soak.boots as usize;
-    Ok(if all { 0 } else { 1 })
+    Ok((parse(&run.output), run.output))
 }
 
 #[cfg(test)]
