@@ -21,17 +21,20 @@
 //! hanging it.
 //!
 //! The parts: `base` packs the reusable initramfs, `console` reads what the
-//! test host prints, and this file boots QEMU for one run.
+//! test host prints, `qemu` picks the QEMU (Debian's, or another build named
+//! by `LG_TESTHOST_QEMU` and `LG_TESTHOST_QEMU_DATA`: see there), and this
+//! file boots QEMU for one run.
 
 mod base;
 mod console;
+mod qemu;
 
 use std::fmt;
 use std::fs;
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Condvar, Mutex};
@@ -39,6 +42,7 @@ use std::time::{Duration, Instant};
 
 pub use base::{gdb_files, shared_libraries, Base, Lg};
 pub use console::Echo;
+pub use qemu::Qemu;
 
 use crate::command;
 use crate::cpio::Archive;
@@ -267,15 +271,11 @@ impl TestHost {
         shell_command: Option<&str>,
         interactive: bool,
     ) -> Result<TestHostRun, TestHostError> {
-        if !command::have("qemu-system-x86_64") {
-            return Err(TestHostError::Setup(Error::new(
-                "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)",
-            )));
-        }
+        let chosen = Qemu::chosen()?;
         let _slot = Slot::acquire();
         let initrd = RunInitrd::create(base, shell_command, &self.extra_files)?;
 
-        let mut qemu = Command::new("qemu-system-x86_64");
+        let mut qemu = chosen.command();
         qemu.args(["-accel", "tcg", "-cpu", "max"])
             .args(["-m", &self.memory_mb.to_string()])
             .args(["-smp", &self.cpus.to_string()])
@@ -311,12 +311,15 @@ impl TestHost {
                 Ok(())
             });
         }
-        progress("testhost: booting the test host (QEMU TCG with nested SVM)...");
+        progress(format!(
+            "testhost: booting the test host ({}, TCG with nested SVM)...",
+            chosen.binary.display()
+        ));
         let started = Instant::now();
-        let mut child = KillOnDrop(
-            qemu.spawn()
-                .map_err(|e| Error::new(format!("cannot start qemu-system-x86_64: {e}")))?,
-        );
+        let mut child =
+            KillOnDrop(qemu.spawn().map_err(|e| {
+                Error::new(format!("cannot start {}: {e}", chosen.binary.display()))
+            })?);
         let echo = if interactive { Echo::Raw } else { self.echo };
         let (lines, stdout_reader) = read_console(&mut child.0, echo)?;
         let stderr_reader = collect_stderr(&mut child.0, echo == Echo::Raw);
