@@ -6,9 +6,12 @@
 //! expose the two pieces those are built on, for when something needs a
 //! closer look; `install` puts lg, its `lguest` link and its manual page
 //! under a prefix, `bench` measures lg beside QEMU, and `kernel` builds a
-//! guest kernel with lg's drivers built in, which needs no initramfs. The
+//! guest kernel with lg's drivers built in, which needs no initramfs, and
+//! `fuzz` runs the fuzz targets in `fuzz/` (`fuzz.rs`). The
 //! argument parsing is by hand: a few commands with a flag or two each,
 //! where `--` and the words after it must pass through untouched.
+
+mod fuzz;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -65,6 +68,11 @@ usage: cargo xtask <command>
         N times (default 100) kill lg with SIGKILL while its guest syncs
         writes to a disk, then check the image with e2fsck and that the
         synced data is there; and N boots to /init (default 100)
+  fuzz [--seconds N] [--target NAME]
+        build the fuzz targets in fuzz/ (cargo-fuzz, installed if missing)
+        and run each for N seconds (default 60) on a copy of its seed
+        corpus in target/fuzz-corpus/; one line per target, and a non-zero
+        exit naming the input of any finding
 ";
 
 fn main() -> ExitCode {
@@ -82,6 +90,7 @@ fn main() -> ExitCode {
         "bench" => bench(rest),
         "kernel" => kernel(rest),
         "soak" => soak(rest),
+        "fuzz" => fuzz::fuzz(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(0)

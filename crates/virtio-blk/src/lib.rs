@@ -24,6 +24,8 @@ mod backend;
 mod config;
 mod device;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod request;
 mod worker;
 

@@ -30,6 +30,8 @@
 //! - `sys.rs`: the few system calls on the tap's descriptor.
 
 mod device;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod rx;
 mod sys;
 mod tx;

@@ -65,6 +65,10 @@ pub enum QueueError {
         addr: GuestAddress,
         len: u64,
     },
+    /// The used ring (which the device writes) shares bytes with `other`
+    /// (which the device reads), so the device's own writes would change
+    /// what it reads next.
+    RingsOverlap { other: Ring, used: GuestAddress },
     /// `avail.idx` is further ahead of the device than the ring has entries.
     AvailIndexJumped {
         avail_idx: u16,
@@ -132,6 +136,10 @@ impl fmt::Display for QueueError {
             QueueError::RingOutOfRange { ring, addr, len } => {
                 write!(f, "the {ring} ({len} bytes at {addr}) is not inside guest RAM")
             }
+            QueueError::RingsOverlap { other, used } => write!(
+                f,
+                "the used ring at {used} overlaps the {other}, which the device reads"
+            ),
             QueueError::AvailIndexJumped {
                 avail_idx,
                 next_avail,

@@ -260,8 +260,13 @@ impl Queue {
     ///
     /// Rings are sized with their trailing event fields whether or not
     /// EVENT_IDX is negotiated, as the spec's table of sizes does (§2.7).
-    /// Overlapping rings are not refused: they can only corrupt the guest's
-    /// own queue, never lg.
+    /// The used ring may not share a byte with the descriptor table or the
+    /// avail ring: the device writes it, and a device whose writes change
+    /// what it reads can be made to spin (used.flags over avail.idx sends
+    /// every device's "anything new since I re-enabled notifications?"
+    /// loop round for ever; found by the `virtio_blk_request` fuzz
+    /// target). The descriptor table and the avail ring, both only read,
+    /// may overlap: that can only confuse the guest's own queue.
     pub fn validate(&self, mem: &GuestMemory) -> Result<(), QueueError> {
         self.rings(mem).map(|_| ())
     }
@@ -285,7 +290,7 @@ impl Queue {
                 Ok(addr)
             }
         };
-        Ok(Rings {
+        let rings = Rings {
             size,
             desc_table: check(
                 Ring::Descriptors,
@@ -305,7 +310,26 @@ impl Queue {
                 offsets::USED_RING_ALIGN,
                 offsets::used_ring_bytes(size),
             )?,
-        })
+        };
+        // All three lie in RAM (checked above), so none of these sums
+        // overflows.
+        let used = rings.used.0..rings.used.0 + offsets::used_ring_bytes(size);
+        for (other, addr, len) in [
+            (
+                Ring::Descriptors,
+                rings.desc_table.0,
+                offsets::desc_table_bytes(size),
+            ),
+            (Ring::Avail, rings.avail.0, offsets::avail_ring_bytes(size)),
+        ] {
+            if addr < used.end && used.start < addr + len {
+                return Err(QueueError::RingsOverlap {
+                    other,
+                    used: rings.used,
+                });
+            }
+        }
+        Ok(rings)
     }
 
     /// The rings of an enabled, valid queue.
@@ -762,6 +786,46 @@ mod tests {
                 Err(QueueError::RingOutOfRange { .. })
             ));
         }
+    }
+
+    #[test]
+    fn validate_refuses_a_used_ring_over_the_other_rings() {
+        // The layout the virtio_blk_request fuzz target found: used.flags
+        // on avail.idx, so disable_notification made a buffer available
+        // and enable_notification took it away, for ever.
+        let driver = GuestDriver::new(16);
+        let mut queue = driver.queue();
+        queue.set_avail_ring(0x1fe);
+        queue.set_used_ring(0x200);
+        queue.set_desc_table(0x1000);
+        match queue.validate(&driver.mem) {
+            Err(
+                e @ QueueError::RingsOverlap {
+                    other: Ring::Avail,
+                    used: GuestAddress(0x200),
+                },
+            ) => assert_eq!(
+                e.to_string(),
+                "the used ring at 0x200 overlaps the available ring, which the device reads"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // The used ring's last two bytes (134 from a 4-aligned start) on
+        // the descriptor table's first two.
+        let mut queue = driver.queue();
+        queue.set_used_ring(driver.desc_table - 132);
+        assert!(matches!(
+            queue.validate(&driver.mem),
+            Err(QueueError::RingsOverlap {
+                other: Ring::Descriptors,
+                ..
+            })
+        ));
+        // Just below it is fine, and the read-only rings may overlap.
+        let mut queue = driver.queue();
+        queue.set_used_ring(driver.desc_table - 136);
+        queue.set_avail_ring(driver.desc_table);
+        queue.validate(&driver.mem).unwrap();
     }
 
     #[test]
