@@ -33,6 +33,12 @@
 #                      prints LG_PATTERN_READY va=...) and wait, as idle
 #   lgtest=gdbsync     print LG_KSYM_SYNC=<address of __x64_sys_sync>, wait for a line on the
 #                      console, run sync, print LG_SYNC_DONE, power off
+#   lgtest=hostile     run /bin/lg-hostile on the devices in lghostile=A,B,... (default blk,rng,console:
+#                      it takes each from its driver and attacks it, printing LG_HOSTILE lines and
+#                      LG_HOSTILE_DONE), print LG_HOSTILE_STATUS=<its exit status>, give the devices back
+#                      to virtio-pci, then print LG_HOSTILE_RNG_AFTER=<16 bytes of /dev/hwrng in hex>,
+#                      LG_HOSTILE_DISK_AFTER=<the first 8 bytes of /dev/vda>, write LG_HOSTILE_VIA_HVC0
+#                      to /dev/hvc0, power off
 #   root=/dev/vda      (with no lgtest, or lgtest=rootfs) switch to that disk's /sbin/init
 #   anything else      a busybox shell on the console; leaving it powers off
 # When the kernel's console is hvc0 (console=hvc0), init also writes
@@ -258,6 +264,29 @@ restart)
 	reboot
 	sleep 60 &
 	wait
+	;;
+hostile)
+	# A root user turned against lg: lg-hostile attacks each device. Then
+	# the devices go back to their drivers, and each must work again: lg
+	# kept the guest running and a reset healed the device.
+	devices=$(echo "${lghostile:-blk,rng,console}" | tr ',' ' ')
+	{
+		lg-hostile $devices
+		echo "LG_HOSTILE_STATUS=$?"
+	} 2>&1 | tee /tmp/hostile.out
+	for addr in $(sed -n 's/^LG_HOSTILE_DEVICE [^ ]* //p' /tmp/hostile.out); do
+		echo "$addr" >/sys/bus/pci/drivers/virtio-pci/bind
+	done
+	tries=0
+	until { [ -c /dev/hwrng ] && [ -b /dev/vda ] && [ -c /dev/hvc0 ]; } || [ $tries -ge 10 ]; do
+		sleep 1
+		tries=$((tries + 1))
+	done
+	# timeout: a device that never answers must not hang the guest.
+	report "LG_HOSTILE_RNG_AFTER=$(timeout 10 dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')"
+	report "LG_HOSTILE_DISK_AFTER=$(timeout 10 dd if=/dev/vda bs=8 count=1 2>/dev/null)"
+	echo LG_HOSTILE_VIA_HVC0 >/dev/hvc0
+	poweroff -f
 	;;
 gdbsync)
 	# For the gdb stub's test: where the sync system call is (KASLR moves

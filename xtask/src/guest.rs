@@ -38,6 +38,11 @@ const LG_PATTERN_SOURCE: &str = include_str!("lg-pattern.rs");
 /// compiled the same way into `/bin/lg-randread`.
 const LG_RANDREAD_SOURCE: &str = include_str!("lg-randread.rs");
 
+/// A guest program for tests/hostile.rs: as root, it takes virtio devices
+/// from their drivers and programs them with broken queues; compiled the
+/// same way into `/bin/lg-hostile`.
+const LG_HOSTILE_SOURCE: &str = include_str!("lg-hostile.rs");
+
 /// The drivers the cloud kernel builds as modules, in the order they depend
 /// on each other: virtio (PCI transport, then the devices), and pvpanic,
 /// through which a panicking guest tells lg; and the power button.
@@ -142,7 +147,7 @@ impl Kit {
             .context(|| format!("cannot create {}", Self::dir().display()))?;
         crate::rootfs::build(&Self::dir(), &busybox)?;
         let recipe = format!(
-            "kernel {}\nbusybox {}\nmodules {}\n--- init ---\n{GUEST_INIT}\n--- lg-pattern ---\n{LG_PATTERN_SOURCE}\n--- lg-randread ---\n{LG_RANDREAD_SOURCE}",
+            "kernel {}\nbusybox {}\nmodules {}\n--- init ---\n{GUEST_INIT}\n--- lg-pattern ---\n{LG_PATTERN_SOURCE}\n--- lg-randread ---\n{LG_RANDREAD_SOURCE}\n--- lg-hostile ---\n{LG_HOSTILE_SOURCE}",
             unpacked_from(&packages.kernel_root),
             unpacked_from(&packages.busybox_root),
             GUEST_MODULES.join(" "),
@@ -166,6 +171,11 @@ impl Kit {
             "/bin/lg-randread",
             0o755,
             &build_guest_program("lg-randread", LG_RANDREAD_SOURCE)?,
+        );
+        archive.file(
+            "/bin/lg-hostile",
+            0o755,
+            &build_guest_program("lg-hostile", LG_HOSTILE_SOURCE)?,
         );
         archive.file("/etc/lg-modules", 0o644, modules.load_order().as_bytes());
         for module in &modules.modules {
@@ -217,9 +227,9 @@ impl Kit {
     }
 }
 
-/// Compiles a guest program (`lg-pattern.rs`, `lg-randread.rs`) for the
-/// guest: with rustc alone (it has no dependencies), statically linked so
-/// the initramfs needs no libc.
+/// Compiles a guest program (`lg-pattern.rs`, `lg-randread.rs`,
+/// `lg-hostile.rs`) for the guest: with rustc alone (it has no
+/// dependencies), statically linked so the initramfs needs no libc.
 fn build_guest_program(name: &str, text: &str) -> Result<Vec<u8>, Error> {
     let dir = crate::target_dir().join("guest-programs");
     fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
