@@ -409,6 +409,33 @@ fn bad_command_lines_are_refused_in_one_line_naming_the_culprit() {
     );
 }
 
+#[test]
+fn an_argument_that_is_not_utf8_is_refused_by_name() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let scratch = Scratch::new("utf8");
+    // A kernel path with a byte that is not UTF-8 (Latin-1's 'é').
+    let output = Command::new(lg_binary())
+        .args([
+            OsStr::new("run"),
+            OsStr::new("64"),
+            OsStr::from_bytes(b"kernel-\xe9"),
+        ])
+        .current_dir(&scratch.dir)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run lg");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(lines.len(), 1, "one sentence, not a panic: {stderr}");
+    assert!(
+        lines[0].starts_with("lg: argument 3 (kernel-") && lines[0].contains("not valid UTF-8"),
+        "{stderr}"
+    );
+}
+
 /// Runs lg with `--dry-run`, which must succeed, and returns what it printed
 /// (on stdout; `--verbose` logs go to stderr).
 fn dry_run(scratch: &Scratch, program: Program, line: &str) -> String {

@@ -15,7 +15,10 @@
 //!   guest's `LG_GUEST_INIT_OK` line, and to its exit after
 //!   `lgtest=poweroff`. Timed inside the test host by busybox `ts '%.s'`,
 //!   which stamps each console line with the wall clock in microseconds as
-//!   it reads it (busybox `date` has no `%N`).
+//!   it reads it (busybox `date` has no `%N`). lg runs with `-v` here, and
+//!   its line `start-up: X ms from the process's start to the first
+//!   KVM_RUN (...)` gives lg's own start-up figure, the median over these
+//!   boots (the steps of each go to the log as `LG_BENCH_STARTUP` lines).
 //! - `idle`: a guest with the 64 MiB bench disk, at its shell. Memory: the
 //!   process's RSS (`/proc/PID/smaps_rollup`) minus the resident size of its
 //!   largest anonymous mapping (`/proc/PID/smaps`), which is the guest's RAM.
@@ -26,8 +29,7 @@
 //!   offsets with `O_DIRECT`, one at a time, for 5 s: fio's
 //!   `--rw=randread --bs=4k --direct=1 --ioengine=psync --iodepth=1`. The
 //!   image lives in the test host's RAM, so these time the hypervisor's disk
-//!   path, not a disk. lg runs with `-v` here, and its line `start-up: X ms
-//!   from main() to starting the vCPUs` is lg's own start-up figure.
+//!   path, not a disk.
 //! - `net`: a guest with a network card on a tap whose host end is
 //!   192.168.19.1 (lg: `--tunnet=192.168.19.1`, which adds the guest's
 //!   `ip=`; QEMU: `-netdev tap` and `virtio-net-pci`, the tap given that
@@ -296,7 +298,13 @@ impl Vmm {
 const BOOT_ARGS: &str = "console=ttyS0 panic=-1 lgtest=poweroff";
 const SHELL_ARGS: &str = "console=ttyS0 panic=-1";
 
-/// The idle guest's devices, and the network guest's.
+/// The boot figure's guest (lg with `-v`, for its start-up line), the idle
+/// guest's devices, and the network guest's.
+const BOOT: Devices = Devices {
+    disk: false,
+    net: false,
+    verbose: true,
+};
 const IDLE: Devices = Devices {
     disk: true,
     net: false,
@@ -494,7 +502,7 @@ fn main_script(vmms: &[Vmm], options: &Options) -> Script {
                     "echo 'bench: boot {} {run}/{runs}'; bench_boot {} {run} {}",
                     vmm.key,
                     vmm.key,
-                    shell::join(&vmm.command(GUEST_MB, BOOT_ARGS, Devices::default()))
+                    shell::join(&vmm.command(GUEST_MB, BOOT_ARGS, BOOT))
                 );
                 boots += 1;
             }
@@ -663,6 +671,12 @@ mod tests {
         assert!(lg.contains("--tunnet=192.168.19.1") && !lg.contains("ip="));
         let idle = LG.command(256, SHELL_ARGS, IDLE).join(" ");
         assert!(idle.starts_with("lg run -v 256 "), "{idle}");
+        let boot = LG.command(256, BOOT_ARGS, BOOT).join(" ");
+        assert!(boot.starts_with("lg run -v 256 "), "{boot}");
+        assert!(!QEMU_PC
+            .command(256, BOOT_ARGS, BOOT)
+            .join(" ")
+            .contains(" -v"));
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! The virtio transport's hooks into KVM: MSI vectors, INTx pins and queue
-//! doorbells, provided by the switcher's irqfd and ioeventfd wrappers.
+//! doorbells, provided by the switcher's irqfd and ioeventfd wrappers; and
+//! the start of each device's I/O thread, where lg narrows the thread to
+//! its seccomp role.
 //!
-//! The transport crate knows nothing of KVM (so it can be read, and tested,
-//! on its own); this adapter is the only place the two meet.
+//! The transport crate knows nothing of KVM or seccomp (so it can be read,
+//! and tested, on its own); this adapter is the only place they meet.
 
 use std::sync::Arc;
 
 use kvm_ioctls::VmFd;
 use switcher::irq::{self, MsiMessage, MsiRouting, MsiVector};
-use virtio_pci::{IntxLine, MsiSink, TransportHooks};
+use virtio_pci::{IntxLine, IoThreadStart, MsiSink, TransportHooks};
+
+use crate::seccomp::{self, Role};
 use vmm_sys_util::eventfd::EventFd;
 
 /// KVM-backed hooks for every virtio device of one VM.
@@ -31,6 +35,13 @@ impl TransportHooks for KvmHooks {
         if let Err(e) = irq::unregister_doorbell(&self.vm, addr, event) {
             log::warn!("{e}");
         }
+    }
+
+    fn io_thread_start(&self, _device_type: u16) -> IoThreadStart {
+        // Every device's thread takes the same role: what sets them apart
+        // (a tap, a disk file) is which descriptors they hold, not which
+        // calls they make on them.
+        IoThreadStart::new(|| seccomp::confine_thread_or_end(Role::DeviceIo))
     }
 }
 

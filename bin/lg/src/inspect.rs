@@ -50,16 +50,30 @@ pub(crate) struct Inspectable {
 
 /// The control socket's handler for this guest.
 pub(crate) fn handler(guest: Inspectable) -> Handler {
-    Arc::new(move |request| match answer(&guest, request) {
-        Ok(body) => Response::Ok(body),
-        Err(sentence) => Response::Error(sentence),
+    Arc::new(move |request| {
+        if let Err(sentence) = narrow_control_thread() {
+            return Response::Error(sentence);
+        }
+        match answer(&guest, request) {
+            Ok(body) => Response::Ok(body),
+            Err(sentence) => Response::Error(sentence),
+        }
     })
+}
+
+/// Puts the control thread under its seccomp role at its first request:
+/// it starts before lg is confined, and a role filter cannot be put on a
+/// thread before the process-wide one (see `seccomp::confine_thread`,
+/// which does nothing then, and nothing the second time).
+fn narrow_control_thread() -> Result<(), String> {
+    crate::seccomp::confine_thread(crate::seccomp::Role::Control)
 }
 
 /// The control socket's handler for `gdb`: claims the guest for this gdb
 /// (refused if another is attached) and serves it on a thread of its own.
 pub(crate) fn stream_handler(debugger: Arc<Debugger>) -> StreamHandler {
     Arc::new(move |request| {
+        narrow_control_thread()?;
         if request != Request::Gdb {
             return Err(format!(
                 "lg cannot serve `{}` as a stream",

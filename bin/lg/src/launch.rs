@@ -3,17 +3,21 @@
 //!
 //! The order matters for the person at the keyboard. Everything that can be
 //! wrong with their input (the memory size, the kernel, the initrd, the
-//! command line) is checked first, by loading the guest into memory that KVM
-//! has not seen yet, so those mistakes get their one-sentence answer on any
-//! machine. Only then does lg ask whether this host can run a guest at all,
-//! create the VM, and start the vCPUs. gdb's port (`--gdb`) is taken before
-//! the VM is made, so a port in use is refused before anything runs; with
-//! `--gdb-wait` the vCPUs are paused before they start, and the first gdb
-//! to attach (on the port or through `lg gdb NAME`) lets them go.
+//! command line) is checked first, while the guest is loaded into its
+//! memory, so those mistakes get their one-sentence answer on any machine.
+//! Only then does lg say whether this host can run a guest at all, and why
+//! the VM or the vCPUs could not be made. (They are made meanwhile, on a
+//! thread of their own, while the kernel is read into guest RAM, since each
+//! costs start-up time the other need not wait for; see
+//! [`MachineInProgress`]. Their complaints wait for their turn.) gdb's port
+//! (`--gdb`) is taken before any guest instruction runs, so a port in use
+//! is refused first; with `--gdb-wait` the vCPUs are paused before they
+//! start, and the first gdb to attach (on the port or through `lg gdb
+//! NAME`) lets them go.
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bzimage_loader::{KernelImage, LoadOptions};
@@ -23,7 +27,7 @@ use lg_control::{ControlSocket, GuestInfo, ServingSocket};
 use pci::{BarAllocator, PciBus};
 use shadow_mmu::GuestMemory;
 use switcher::irq::MsiRouting;
-use switcher::{EntryState, ExitStats, GuestEnd, VcpuControl, Vm};
+use switcher::{EntryState, ExitStats, GuestEnd, Vcpu, VcpuControl, Vm};
 use virtio_blk::{BlockConfig, VirtioBlock};
 use virtio_net::{NetStats, VirtioNet};
 use virtio_pci::{TransportHooks, VirtioDevice, VirtioPciDevice};
@@ -63,6 +67,7 @@ const MIB: u64 = 1 << 20;
 /// Runs a guest and returns lg's exit status.
 pub fn run(args: Run) -> ExitCode {
     init_logging(args.verbose);
+    crate::startup::step("command line");
     match prepare(&args) {
         Ok(_) if args.dry_run => {
             print!("{}", cli::describe(&args));
@@ -89,7 +94,7 @@ static CONTROL_SOCKET: OnceLock<ServingSocket> = OnceLock::new();
 
 /// Puts back what lg changed outside itself: the terminal's mode, and the
 /// control socket. Called on every way out.
-fn tidy_up() {
+pub(crate) fn tidy_up() {
     terminal::restore();
     if let Some(socket) = CONTROL_SOCKET.get() {
         socket.remove();
@@ -120,6 +125,66 @@ struct PreparedGuest {
     gdb: Option<u16>,
     /// `--gdb-wait`: no guest instruction before gdb attaches.
     gdb_wait: bool,
+    /// The VM being made meanwhile (none for `--dry-run`).
+    machine: Option<MachineInProgress>,
+}
+
+/// The VM and its vCPUs, made on a thread of their own while the main
+/// thread reads the kernel and initrd into guest RAM: neither needs the
+/// other (KVM is given the RAM before anything is in it), and in the nested
+/// test host each costs tens to hundreds of milliseconds. What the thread
+/// finds wrong is told in the order a one-thread launch would meet it: the
+/// host check before the taps and the control socket, the VM after them.
+struct MachineInProgress {
+    /// The host check's verdict, sent before the VM is made.
+    host_checked: mpsc::Receiver<Result<(), String>>,
+    /// The VM and its vCPUs (the boot CPU still at reset), or why not.
+    made: std::thread::JoinHandle<Result<(Vm, Vec<Vcpu>), String>>,
+}
+
+impl MachineInProgress {
+    /// Starts making a VM with `memory` and `cpus` vCPUs.
+    fn start(memory: Arc<GuestMemory>, cpus: u8) -> Result<MachineInProgress, String> {
+        let (verdict, host_checked) = mpsc::channel();
+        let made = std::thread::Builder::new()
+            .name("make-vm".into())
+            .spawn(move || {
+                if let Err(e) = switcher::check_host() {
+                    let message = e.to_string();
+                    let _ = verdict.send(Err(message.clone()));
+                    return Err(message);
+                }
+                let _ = verdict.send(Ok(()));
+                let vm = Vm::new(memory)
+                    .map_err(|e| format!("cannot create the virtual machine: {e}"))?;
+                let vcpus = vm
+                    .create_vcpus_unstarted(usize::from(cpus))
+                    .map_err(|e| format!("cannot create the vCPUs: {e}"))?;
+                Ok((vm, vcpus))
+            })
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+        Ok(MachineInProgress { host_checked, made })
+    }
+
+    /// Whether this host can run the guest, in one sentence if not.
+    fn host_verdict(&self) -> Result<(), String> {
+        // A thread that ended without a verdict panicked; `finish` says so.
+        self.host_checked.recv().unwrap_or(Ok(()))
+    }
+
+    /// Waits for the VM, and puts the boot CPU at the kernel's entry.
+    fn finish(self, entry: &EntryState) -> Result<(Vm, Vec<Vcpu>), String> {
+        let (vm, vcpus) = self
+            .made
+            .join()
+            .map_err(|_| "the thread making the virtual machine panicked".to_string())??;
+        if let Some(boot_cpu) = vcpus.first() {
+            boot_cpu
+                .enter(entry)
+                .map_err(|e| format!("cannot create the vCPUs: {e}"))?;
+        }
+        Ok((vm, vcpus))
+    }
 }
 
 /// Checks the user's input by loading the guest into fresh memory.
@@ -139,14 +204,24 @@ fn prepare(args: &Run) -> Result<PreparedGuest, String> {
     let tunnets = cli::tunnets(args);
     network::check_bridges(&tunnets)?;
     let confinement = Confinement::check(args.chroot.as_deref(), args.username.as_deref())?;
+    crate::startup::step("checks");
     let kernel_path = Path::new(&args.kernel);
     let kernel = KernelImage::open(kernel_path).map_err(|e| e.to_string())?;
     log::info!("kernel {}: {:?}", args.kernel, kernel.kind());
+    crate::startup::step("kernel read");
 
     let memory = GuestMemory::new(memory_mib * MIB)
+        .map(Arc::new)
         .map_err(|e| format!("cannot give the guest {memory_mib} MiB: {e}"))?;
+    let machine = if args.dry_run {
+        None
+    } else {
+        Some(MachineInProgress::start(Arc::clone(&memory), args.cpus)?)
+    };
+    crate::startup::step("RAM mapped and VM begun");
     let rsdp = acpi::write_tables(&memory, &acpi::AcpiConfig { vcpus: args.cpus })
         .map_err(|e| format!("cannot build the ACPI tables: {e}"))?;
+    crate::startup::step("ACPI");
     let (cmdline, console) = kernel_command_line(&args.kernel_args, &tunnets);
     let options = LoadOptions {
         cmdline: &cmdline,
@@ -154,6 +229,7 @@ fn prepare(args: &Run) -> Result<PreparedGuest, String> {
         acpi_rsdp: Some(rsdp),
     };
     let boot = bzimage_loader::load(&memory, &kernel, &options).map_err(|e| e.to_string())?;
+    crate::startup::step("kernel and initrd loaded");
     log::info!(
         "guest: {memory_mib} MiB, {} vCPU(s), entry {}, zero page {}, command line {cmdline:?}",
         args.cpus,
@@ -161,7 +237,7 @@ fn prepare(args: &Run) -> Result<PreparedGuest, String> {
         boot.boot_params
     );
     Ok(PreparedGuest {
-        memory: Arc::new(memory),
+        memory,
         entry: EntryState {
             entry: boot.entry,
             boot_params: boot.boot_params,
@@ -187,6 +263,7 @@ fn prepare(args: &Run) -> Result<PreparedGuest, String> {
         rng: args.rng,
         gdb: args.gdb,
         gdb_wait: args.gdb_wait,
+        machine,
     })
 }
 
@@ -308,11 +385,19 @@ fn host_memory_mib() -> Option<u64> {
 }
 
 /// Creates the VM and runs the guest to its end.
-fn boot(guest: PreparedGuest) -> u8 {
-    if let Err(e) = switcher::check_host() {
-        eprintln!("lg: {e}");
-        return EXIT_REFUSED;
-    }
+fn boot(mut guest: PreparedGuest) -> u8 {
+    let machine = match guest.machine.take() {
+        Some(machine) => Ok(machine),
+        None => MachineInProgress::start(Arc::clone(&guest.memory), guest.cpus),
+    };
+    let machine = match machine.and_then(|m| m.host_verdict().map(|()| m)) {
+        Ok(machine) => machine,
+        Err(message) => {
+            eprintln!("lg: {message}");
+            return EXIT_REFUSED;
+        }
+    };
+    crate::startup::step("host checked");
     // The taps first: a host that will not let lg make one (no root, no
     // tun module) is told so before anything else is built.
     let nics = match network::open_nics(&guest.tunnets, &guest.identity) {
@@ -322,6 +407,7 @@ fn boot(guest: PreparedGuest) -> u8 {
             return EXIT_REFUSED;
         }
     };
+    crate::startup::step("taps");
     // The name next: a second guest of the same name is refused before
     // it costs anything.
     let socket = match control_socket(&guest.info.name, guest.named) {
@@ -346,20 +432,15 @@ fn boot(guest: PreparedGuest) -> u8 {
         );
         return EXIT_REFUSED;
     }
-    let vm = match Vm::new(Arc::clone(&guest.memory)) {
-        Ok(vm) => vm,
-        Err(e) => {
-            eprintln!("lg: cannot create the virtual machine: {e}");
+    crate::startup::step("control socket and gdb port");
+    let (vm, vcpus) = match machine.finish(&guest.entry) {
+        Ok(made) => made,
+        Err(message) => {
+            eprintln!("lg: {message}");
             return EXIT_REFUSED;
         }
     };
-    let vcpus = match vm.create_vcpus(usize::from(guest.cpus), &guest.entry) {
-        Ok(vcpus) => vcpus,
-        Err(e) => {
-            eprintln!("lg: cannot create the vCPUs: {e}");
-            return EXIT_REFUSED;
-        }
-    };
+    crate::startup::step("VM and vCPUs ready");
     let uart_irq = Box::new(IsaIrq {
         vm: Arc::clone(vm.fd()),
         irq: hcall_abi::layout::COM1_IRQ,
@@ -383,11 +464,13 @@ fn boot(guest: PreparedGuest) -> u8 {
                 return EXIT_REFUSED;
             }
         };
+    crate::startup::step("PCI devices");
     // Every file and KVM handle is open: --chroot and --username now.
     if let Err(message) = privileges::drop(&guest.confinement) {
         eprintln!("lg: {message}");
         return EXIT_REFUSED;
     }
+    crate::startup::step("privileges");
     let platform = Arc::new(Platform::new(Box::new(std::io::stdout()), uart_irq, bus));
 
     let typed_into: KeysSink = match guest.console {
@@ -408,6 +491,7 @@ fn boot(guest: PreparedGuest) -> u8 {
         eprintln!("lg: {message}");
         return EXIT_REFUSED;
     }
+    crate::startup::step("terminal and threads");
     let stats: Arc<[ExitStats]> = (0..guest.cpus).map(|_| ExitStats::default()).collect();
     let control = Arc::new(VcpuControl::new(usize::from(guest.cpus)));
     let mut info = guest.info;
@@ -463,6 +547,7 @@ fn boot(guest: PreparedGuest) -> u8 {
             }
         }
     }
+    crate::startup::step("control socket served");
     // Everything lg will open is open: from here on it may only move bytes,
     // run threads and talk to KVM (see seccomp.rs).
     if let Err(message) = crate::seccomp::confine() {
@@ -470,15 +555,17 @@ fn boot(guest: PreparedGuest) -> u8 {
         eprintln!("lg: {message}");
         return EXIT_REFUSED;
     }
-    if let Some(started) = crate::STARTED.get() {
-        // What lg itself costs before the guest runs: parsing, loading the
-        // kernel, building the machine (`cargo xtask bench` reads this line).
-        log::info!(
-            "start-up: {:.2} ms from main() to starting the vCPUs",
-            started.elapsed().as_secs_f64() * 1000.0
-        );
-    }
-    let end = switcher::run::run(vcpus, platform, Arc::clone(&stats), control);
+    crate::startup::step("seccomp");
+    // What lg itself costs before the guest runs, step by step, logged by
+    // the boot vCPU's thread as it enters the guest (`cargo xtask bench`
+    // reads this line).
+    let end = switcher::run::run_noting_first_entry(
+        vcpus,
+        platform,
+        Arc::clone(&stats),
+        control,
+        Box::new(crate::startup::first_kvm_run),
+    );
     // An attached gdb hears the guest exit before lg goes.
     debugger.wait_detached(GDB_FAREWELL);
     tidy_up();

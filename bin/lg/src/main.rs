@@ -20,6 +20,8 @@
 //! - [`privileges`]: `--chroot` and `--username`, giving up what lg no
 //!   longer needs once the guest is set up.
 //! - [`seccomp`]: the system calls lg may still make once the guest runs.
+//! - [`startup`]: lg's own start-up time, step by step, to the first
+//!   `KVM_RUN`.
 //! - [`network`]: `--tunnet`, the guest's network cards on host taps.
 //! - [`inspect`]: what a running lg answers on its control socket;
 //!   [`commands`]: `lg ps`, `lg stop`, `lg regs`, `lg dump-pagetables`... the
@@ -42,17 +44,31 @@ mod network;
 mod platform;
 mod privileges;
 mod seccomp;
+mod startup;
 mod terminal;
 
 use std::process::ExitCode;
 
-/// When `main` began: lg's own start-up time (to the vCPUs' first
-/// `KVM_RUN`) is measured from here and logged with `--verbose`.
-pub static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-
 fn main() -> ExitCode {
-    let _ = STARTED.set(std::time::Instant::now());
-    let args: Vec<String> = std::env::args().collect();
+    // First, so the start-up figure (`-v`) sees what came before `main`.
+    startup::begin();
+    // Every option and path is parsed as text, so a word that is not UTF-8
+    // (a byte-string file name) is refused by name rather than left to
+    // `std::env::args`, which would panic.
+    let args: Vec<String> = match std::env::args_os()
+        .enumerate()
+        .map(|(at, word)| word.into_string().map_err(|word| (at, word)))
+        .collect()
+    {
+        Ok(args) => args,
+        Err((at, word)) => {
+            eprintln!(
+                "lg: argument {at} ({}) is not valid UTF-8, which lg cannot take:                  rename the file or pass it through a link with a UTF-8 name",
+                word.to_string_lossy()
+            );
+            return ExitCode::from(launch::EXIT_REFUSED);
+        }
+    };
     // Started as `lguest` (or `lg lguest ...`): lguest's classic syntax.
     let parsed = match classic::classic_arguments(&args) {
         Some(words) => classic::parse(words).map(cli::Command::Run),

@@ -176,6 +176,10 @@ impl ExitHandler for Platform {
         }
         PortAction::Continue
     }
+
+    fn vcpu_thread_started(&self, _index: u8) -> Result<(), String> {
+        crate::seccomp::confine_thread(crate::seccomp::Role::Vcpu)
+    }
 }
 
 #[cfg(test)]

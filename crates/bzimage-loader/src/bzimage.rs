@@ -56,8 +56,9 @@ pub(crate) fn has_setup_header(data: &[u8]) -> bool {
 
 impl BzImage {
     /// Checks the header of a file known to carry "HdrS": signature, length,
-    /// protocol version, 64-bit entry.
-    pub fn parse(path: &Path, data: &[u8]) -> Result<BzImage, LoadError> {
+    /// protocol version, 64-bit entry. `data` is the file's start (its first
+    /// 1024 bytes at least, or all of a shorter file), `file_len` its length.
+    pub fn parse(path: &Path, data: &[u8], file_len: u64) -> Result<BzImage, LoadError> {
         // setup_sects and syssize sit below 0x202, which has_setup_header saw.
         let setup_sects = match data[SETUP_HEADER_OFFSET] {
             // An ancient convention: 0 meant the fixed four-sector setup.
@@ -67,7 +68,17 @@ impl BzImage {
         let syssize = u32::from_le_bytes(data[0x1f4..0x1f8].try_into().expect("4 bytes"));
         let kernel_offset = (setup_sects + 1) * 512;
         let expected = kernel_offset as u64 + u64::from(syssize) * 16;
-        if (data.len() as u64) < expected {
+        if file_len < expected {
+            return Err(LoadError::Truncated {
+                path: path.to_path_buf(),
+                expected,
+                actual: file_len,
+            });
+        }
+        // The setup code is at least two sectors (1024 bytes), which hold
+        // the whole header: a start shorter than that is refused, never
+        // read past.
+        if data.len() < 1024 {
             return Err(LoadError::Truncated {
                 path: path.to_path_buf(),
                 expected,
@@ -156,7 +167,11 @@ impl BzImage {
             load_addr
         };
         let base = aligned.max(pref_address);
-        let end = (base + init_size).max(load_addr + payload_len);
+        // pref_address is the file's to choose, up to 2^64 - 1: a sum that
+        // overflows is a kernel no guest can hold, not a small end.
+        let end = base
+            .saturating_add(init_size)
+            .max(load_addr.saturating_add(payload_len));
         if end > ram_end {
             return Err(LoadError::KernelTooBig {
                 path: path.to_path_buf(),
@@ -182,7 +197,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn parse(data: &[u8]) -> Result<BzImage, LoadError> {
-        BzImage::parse(Path::new("/kit/bzImage"), data)
+        BzImage::parse(Path::new("/kit/bzImage"), data, data.len() as u64)
     }
 
     #[test]
@@ -329,5 +344,21 @@ mod tests {
             "/kit/bzImage: the kernel needs 32.0 MiB from its load address 0x1000000 \
              (init_size) but guest RAM below 4 GiB ends at 0x2000000; give the guest more memory"
         );
+    }
+
+    #[test]
+    fn refuses_a_link_address_near_the_top_of_the_address_space() {
+        // Found by the bzimage fuzz target: pref_address + init_size
+        // overflowed (a panic in a debug build, a small "end" that passed
+        // the RAM check in a release build).
+        let image = parse(&bzimage(&BzImageSpec {
+            pref_address: u64::MAX - 0x1000,
+            ..BzImageSpec::default()
+        }))
+        .unwrap();
+        let err = image
+            .placement(Path::new("/kit/bzImage"), 8192, 256 * MIB)
+            .unwrap_err();
+        assert!(matches!(err, LoadError::KernelTooBig { .. }), "{err}");
     }
 }

@@ -15,6 +15,7 @@ use shadow_mmu::{GuestAddress, GuestMemory};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::LoadError;
+use crate::KernelImage;
 
 /// The four bytes every ELF file starts with.
 pub(crate) const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
@@ -102,11 +103,25 @@ pub(crate) struct ElfKernel {
     pub segments: Vec<Segment>,
 }
 
+/// Where the program-header table of an ELF file whose start is `head`
+/// ends, so a caller reading only the file's start knows how much it needs;
+/// 0 when `head` is too short to say.
+pub(crate) fn program_headers_end(head: &[u8]) -> u64 {
+    match Elf64Ehdr::read_from_prefix(head) {
+        Ok((ehdr, _)) => ehdr
+            .e_phoff
+            .saturating_add(u64::from(ehdr.e_phnum) * size_of::<Elf64Phdr>() as u64),
+        Err(_) => 0,
+    }
+}
+
 impl ElfKernel {
     /// Checks a file that starts with the ELF magic: 64-bit little-endian
     /// x86-64 executable, program headers and PT_LOAD bytes within the file,
     /// and an entry point inside a loadable segment.
-    pub fn parse(path: &Path, data: &[u8]) -> Result<ElfKernel, LoadError> {
+    /// `data` is the file's start, up to the end of its program headers at
+    /// least (see [`program_headers_end`]), `file_len` its length.
+    pub fn parse(path: &Path, data: &[u8], file_len: u64) -> Result<ElfKernel, LoadError> {
         let malformed = |reason| LoadError::ElfMalformed {
             path: path.to_path_buf(),
             reason,
@@ -158,19 +173,19 @@ impl ElfKernel {
                 ));
             }
             match phdr.p_offset.checked_add(phdr.p_filesz) {
-                Some(end) if end <= data.len() as u64 => {}
+                Some(end) if end <= file_len => {}
                 end => {
                     return Err(LoadError::ElfSegmentTruncated {
                         path: path.to_path_buf(),
                         index,
                         end: end.unwrap_or(u64::MAX),
-                        file_len: data.len() as u64,
+                        file_len,
                     })
                 }
             }
             segments.push(Segment {
                 index,
-                // Both fit: they are within `data`, checked just above.
+                // Both fit: they are within the file, checked just above.
                 file_offset: phdr.p_offset as usize,
                 file_size: phdr.p_filesz as usize,
                 paddr: phdr.p_paddr,
@@ -209,10 +224,10 @@ impl ElfKernel {
     pub fn load(
         &self,
         mem: &GuestMemory,
-        path: &Path,
-        data: &[u8],
+        kernel: &KernelImage,
         ram_end: u64,
     ) -> Result<(), LoadError> {
+        let path = kernel.path();
         if let Some(s) = self
             .segments
             .iter()
@@ -233,8 +248,12 @@ impl ElfKernel {
             error,
         };
         for s in &self.segments {
-            let bytes = &data[s.file_offset..s.file_offset + s.file_size];
-            mem.write(GuestAddress(s.paddr), bytes).map_err(placing)?;
+            kernel.read_into(
+                mem,
+                GuestAddress(s.paddr),
+                s.file_offset as u64,
+                s.file_size as u64,
+            )?;
             let tail = GuestAddress(s.paddr + s.file_size as u64);
             mem.zero(tail, s.mem_size - s.file_size as u64)
                 .map_err(placing)?;
@@ -259,7 +278,7 @@ mod tests {
     use crate::test_images::{elf, ElfSpec, SegmentSpec};
 
     fn parse(data: &[u8]) -> Result<ElfKernel, LoadError> {
-        ElfKernel::parse(Path::new("/build/vmlinux"), data)
+        ElfKernel::parse(Path::new("/build/vmlinux"), data, data.len() as u64)
     }
 
     fn names_the_file(err: &LoadError) {

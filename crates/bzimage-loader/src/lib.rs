@@ -14,10 +14,13 @@
 //! is no BIOS call, no real mode and no 32-bit stage left to emulate.
 //!
 //! This crate is the bootloader's half of that bargain. [`KernelImage::open`]
-//! reads a bzImage (or an uncompressed `vmlinux`, the quicker thing to boot
-//! from a kernel tree) and checks it once, so nothing later meets an
-//! unchecked offset. [`load`] then lays out guest memory and returns the
-//! three numbers the switcher puts in the vCPU's registers (RIP, RSI, CR3):
+//! reads the headers of a bzImage (or of an uncompressed `vmlinux`, the
+//! quicker thing to boot from a kernel tree) and checks them once, so nothing
+//! later meets an unchecked offset. [`load`] then lays out guest memory,
+//! reading the kernel's code from the file straight into guest RAM (a
+//! kernel is tens of megabytes, and every copy of it is start-up time), and
+//! returns the three numbers the switcher puts in the vCPU's registers (RIP,
+//! RSI, CR3):
 //!
 //! | guest-physical                    | what                                     |
 //! |-----------------------------------|------------------------------------------|
@@ -45,6 +48,9 @@ mod zero_page;
 mod test_images;
 
 use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use hcall_abi::layout::{BOOT_PML4_ADDR, CMDLINE_ADDR, CMDLINE_MAX_SIZE, ZERO_PAGE_ADDR};
@@ -64,17 +70,53 @@ pub enum KernelKind {
     Elf,
 }
 
-/// A kernel file, read into memory and checked.
+/// A kernel file, open, with its headers read and checked.
 pub struct KernelImage {
     path: PathBuf,
-    data: Vec<u8>,
+    source: Source,
+    /// The file's length when it was opened.
+    len: u64,
     format: Format,
 }
+
+/// Where the kernel's bytes come from when [`load`] places them.
+enum Source {
+    /// The file itself, read straight into guest RAM.
+    File(File),
+    /// Bytes the caller already had ([`KernelImage::from_bytes`]).
+    Bytes(Vec<u8>),
+}
+
+/// How much of the file's start `open` reads: a bzImage's setup header
+/// ends before 0x300, and a vmlinux's program headers follow its ELF header
+/// at 64; a table further in is read on its own.
+const HEAD_LEN: u64 = 4096;
 
 /// What the checks found, with the offsets they proved.
 enum Format {
     BzImage(BzImage),
     Elf(ElfKernel),
+}
+
+impl Format {
+    /// Checks a kernel file of `len` bytes from `head`, its start: enough
+    /// of it to hold the headers (a bzImage's setup sectors, a vmlinux's
+    /// program headers), or all of it.
+    fn check(path: &Path, head: &[u8], len: u64) -> Result<Format, LoadError> {
+        if head.is_empty() {
+            Err(LoadError::EmptyFile {
+                path: path.to_path_buf(),
+            })
+        } else if head.starts_with(&elf::ELF_MAGIC) {
+            Ok(Format::Elf(ElfKernel::parse(path, head, len)?))
+        } else if bzimage::has_setup_header(head) {
+            Ok(Format::BzImage(BzImage::parse(path, head, len)?))
+        } else {
+            Err(LoadError::NotAKernel {
+                path: path.to_path_buf(),
+            })
+        }
+    }
 }
 
 impl KernelImage {
@@ -91,24 +133,36 @@ impl KernelImage {
                 path: path.to_path_buf(),
             });
         }
-        // Kernels are tens of megabytes: read once, parse and load from here.
-        let data = std::fs::read(path).map_err(read_error)?;
-        let format = if data.is_empty() {
-            return Err(LoadError::EmptyFile {
-                path: path.to_path_buf(),
-            });
-        } else if data.starts_with(&elf::ELF_MAGIC) {
-            Format::Elf(ElfKernel::parse(path, &data)?)
-        } else if bzimage::has_setup_header(&data) {
-            Format::BzImage(BzImage::parse(path, &data)?)
-        } else {
-            return Err(LoadError::NotAKernel {
-                path: path.to_path_buf(),
-            });
-        };
+        // Only the headers are read here: `load` reads the code itself
+        // straight into guest RAM, so the kernel is copied once, not twice.
+        let file = File::open(path).map_err(read_error)?;
+        let len = file.metadata().map_err(read_error)?.len();
+        let mut head = read_prefix(&file, HEAD_LEN.min(len)).map_err(read_error)?;
+        if head.starts_with(&elf::ELF_MAGIC) {
+            let table_end = elf::program_headers_end(&head).min(len);
+            if table_end > head.len() as u64 {
+                head = read_prefix(&file, table_end).map_err(read_error)?;
+            }
+        }
+        let format = Format::check(path, &head, len)?;
         Ok(KernelImage {
             path: path.to_path_buf(),
-            data,
+            source: Source::File(file),
+            len,
+            format,
+        })
+    }
+
+    /// Validates a kernel file already read into memory, as
+    /// [`open`](Self::open) does once it has read `path`; errors name
+    /// `path`. The fuzz targets come in here, with no file to read.
+    pub fn from_bytes(path: &Path, data: Vec<u8>) -> Result<KernelImage, LoadError> {
+        let len = data.len() as u64;
+        let format = Format::check(path, &data, len)?;
+        Ok(KernelImage {
+            path: path.to_path_buf(),
+            source: Source::Bytes(data),
+            len,
             format,
         })
     }
@@ -145,7 +199,7 @@ impl fmt::Debug for KernelImage {
         f.debug_struct("KernelImage")
             .field("path", &self.path)
             .field("kind", &self.kind())
-            .field("len", &self.data.len())
+            .field("len", &self.len)
             .finish()
     }
 }
@@ -206,15 +260,20 @@ pub fn load(
 
     let (load_addr, kernel_end, entry, header) = match &kernel.format {
         Format::BzImage(image) => {
-            let code = &kernel.data[image.kernel_offset..];
-            let placement = image.placement(path, code.len() as u64, low_ram_end)?;
-            mem.write(GuestAddress(placement.load_addr), code)
-                .map_err(placing("kernel"))?;
+            // `parse` proved the file holds the setup code and more.
+            let code_len = kernel.len - image.kernel_offset as u64;
+            let placement = image.placement(path, code_len, low_ram_end)?;
+            kernel.read_into(
+                mem,
+                GuestAddress(placement.load_addr),
+                image.kernel_offset as u64,
+                code_len,
+            )?;
             let entry = BzImage::entry(placement.load_addr);
             (placement.load_addr, placement.end, entry, image.header)
         }
         Format::Elf(elf) => {
-            elf.load(mem, path, &kernel.data, low_ram_end)?;
+            elf.load(mem, kernel, low_ram_end)?;
             (elf.start(), elf.end(), elf.entry, zero_page::elf_header())
         }
     };
@@ -246,6 +305,71 @@ pub fn load(
         boot_params: GuestAddress(ZERO_PAGE_ADDR),
         page_table_root: GuestAddress(BOOT_PML4_ADDR),
     })
+}
+
+impl KernelImage {
+    /// Copies `len` bytes of the file at `offset` into guest RAM at `addr`:
+    /// read straight from the file, with no copy in between.
+    fn read_into(
+        &self,
+        mem: &GuestMemory,
+        addr: GuestAddress,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), LoadError> {
+        let placing = |error| LoadError::GuestMemory {
+            path: self.path.clone(),
+            what: "kernel",
+            error,
+        };
+        match &self.source {
+            Source::File(file) => {
+                let mut source = FileAt { file, offset };
+                mem.read_from(addr, &mut source, len)
+                    .map_err(|error| match error {
+                        // The file shrank since `open` measured it.
+                        MemoryError::Io(error) => LoadError::KernelRead {
+                            path: self.path.clone(),
+                            error,
+                        },
+                        error => placing(error),
+                    })
+            }
+            Source::Bytes(data) => {
+                // The checks proved the range is within the file's length.
+                let bytes = usize::try_from(offset)
+                    .ok()
+                    .zip(usize::try_from(len).ok())
+                    .and_then(|(start, len)| data.get(start..start.checked_add(len)?))
+                    .ok_or_else(|| placing(MemoryError::OutOfRange { addr, len }))?;
+                mem.write(addr, bytes).map_err(placing)
+            }
+        }
+    }
+}
+
+/// A file read from a given offset on, without moving a shared seek
+/// position.
+struct FileAt<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl Read for FileAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.file.read_at(buf, self.offset)?;
+        self.offset += read as u64;
+        Ok(read)
+    }
+}
+
+/// The first `len` bytes of `file` (fewer only if it is shorter).
+fn read_prefix(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    FileAt { file, offset: 0 }
+        .take(len)
+        .read_to_end(&mut head)?;
+    Ok(head)
 }
 
 /// The command line and its terminating NUL.

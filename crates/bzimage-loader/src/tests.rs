@@ -576,3 +576,37 @@ fn loads_the_guest_kit_kernel() {
     assert_eq!(read(&mem, image, 4096), &initrd_bytes()[..4096]);
     assert_eq!(e820(&params).len(), 4);
 }
+
+#[test]
+fn a_vmlinux_whose_program_headers_lie_past_the_files_start_loads() {
+    // `open` reads only the file's start; a table further in is read too.
+    let mut data = elf(&ElfSpec::default());
+    let phnum = usize::from(u16::from_le_bytes([data[56], data[57]]));
+    let table = data[64..64 + phnum * 56].to_vec();
+    let moved = (data.len() as u64).max(2 * HEAD_LEN).next_multiple_of(8);
+    data.resize(moved as usize, 0);
+    data.extend_from_slice(&table);
+    data[32..40].copy_from_slice(&moved.to_le_bytes());
+    let kernel_file = TempFile::with("vmlinux", &data);
+    let kernel = open(&kernel_file);
+    let mem = GuestMemory::new(64 * MIB).unwrap();
+    load(&mem, &kernel, &LoadOptions::default()).unwrap();
+    let text: Vec<u8> = (0..0x3000).map(payload_byte).collect();
+    assert_eq!(read(&mem, 0x100_0000, 0x3000), text);
+}
+
+#[test]
+fn a_kernel_from_bytes_loads_as_the_same_file_does() {
+    let spec = BzImageSpec::default();
+    let bytes = bzimage(&spec);
+    let kernel_file = TempFile::with("bzImage", &bytes);
+    let from_file = GuestMemory::new(64 * MIB).unwrap();
+    load(&from_file, &open(&kernel_file), &LoadOptions::default()).unwrap();
+    let from_bytes = GuestMemory::new(64 * MIB).unwrap();
+    let kernel = KernelImage::from_bytes(kernel_file.path(), bytes.clone()).unwrap();
+    load(&from_bytes, &kernel, &LoadOptions::default()).unwrap();
+    let code_len = bytes.len() - (usize::from(bytes[0x1f1]) + 1) * 512;
+    let placed = read(&from_file, spec.pref_address, code_len);
+    assert_eq!(placed, read(&from_bytes, spec.pref_address, code_len));
+    assert_eq!(placed[..16], bytes[bytes.len() - code_len..][..16]);
+}

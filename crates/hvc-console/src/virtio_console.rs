@@ -148,6 +148,7 @@ impl VirtioDevice for VirtioConsole {
                 _ => {}
             }
         }
+        let start = activation.io_thread_start;
         let io = ConsoleIo {
             memory: activation.memory,
             interrupt: activation.interrupt,
@@ -159,7 +160,10 @@ impl VirtioDevice for VirtioConsole {
         };
         let thread = std::thread::Builder::new()
             .name("virtio-console".into())
-            .spawn(move || io.run())
+            .spawn(move || {
+                start.run();
+                io.run()
+            })
             .map_err(|e| ActivateError(format!("cannot start the console thread: {e}")))?;
         self.worker = Some(Worker { stop, thread });
         Ok(())

@@ -41,6 +41,13 @@ impl Vcpu {
     pub fn index(&self) -> u8 {
         self.index
     }
+
+    /// Puts this vCPU (the boot CPU, made by
+    /// [`Vm::create_vcpus_unstarted`](crate::Vm::create_vcpus_unstarted))
+    /// in long mode at the kernel's entry.
+    pub fn enter(&self, entry: &EntryState) -> Result<(), SwitcherError> {
+        set_entry_state(&self.fd, entry)
+    }
 }
 
 // The boot GDT's selectors, as the boot protocol names them.

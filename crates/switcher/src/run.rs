@@ -54,6 +54,12 @@ pub trait ExitHandler: Send + Sync {
     fn mmio_read(&self, addr: u64, data: &mut [u8]);
     /// The guest writes `data` at guest-physical `addr`, which is not RAM.
     fn mmio_write(&self, addr: u64, data: &[u8]) -> PortAction;
+    /// Called on vCPU `index`'s thread before anything else: the
+    /// launcher's chance to narrow what the thread may do (lg's vCPU
+    /// seccomp filter). An error ends the guest as a crash of that vCPU.
+    fn vcpu_thread_started(&self, _index: u8) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// How many exits of each kind one vCPU caused, for `--verbose` and
@@ -111,18 +117,41 @@ pub fn run(
     stats: Arc<[ExitStats]>,
     control: Arc<VcpuControl>,
 ) -> GuestEnd {
+    run_noting_first_entry(vcpus, handler, stats, control, Box::new(|| {}))
+}
+
+/// [`run`], calling `first_entry` on vCPU 0's thread just before its first
+/// `KVM_RUN` (after gdb let it go, with `--gdb-wait`): the end of the
+/// launcher's start-up, which it times.
+pub fn run_noting_first_entry(
+    vcpus: Vec<Vcpu>,
+    handler: Arc<dyn ExitHandler>,
+    stats: Arc<[ExitStats]>,
+    control: Arc<VcpuControl>,
+    first_entry: Box<dyn FnOnce() + Send>,
+) -> GuestEnd {
     let (ended, end) = mpsc::channel();
+    let mut first_entry = Some(first_entry);
     for vcpu in vcpus {
         let handler = Arc::clone(&handler);
         let stats = Arc::clone(&stats);
         let control = Arc::clone(&control);
         let ended = ended.clone();
         let name = format!("vcpu{}", vcpu.index);
+        let first_entry = if vcpu.index == 0 {
+            first_entry.take()
+        } else {
+            None
+        };
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            if let Err(why) = handler.vcpu_thread_started(vcpu.index) {
+                let _ = ended.send(GuestEnd::Crash(why));
+                return;
+            }
             let index = usize::from(vcpu.index);
             control.register_thread(index);
             let why = match stats.get(index) {
-                Some(stats) => run_vcpu(vcpu, handler.as_ref(), stats, &control),
+                Some(stats) => run_vcpu(vcpu, handler.as_ref(), stats, &control, first_entry),
                 None => GuestEnd::Crash(format!("vCPU {index} has no statistics slot")),
             };
             let _ = ended.send(why);
@@ -160,10 +189,14 @@ fn run_vcpu(
     handler: &dyn ExitHandler,
     stats: &ExitStats,
     control: &VcpuControl,
+    mut first_entry: Option<Box<dyn FnOnce() + Send>>,
 ) -> GuestEnd {
     let index = vcpu.index;
     loop {
         control.checkpoint(usize::from(index), &vcpu.fd);
+        if let Some(first_entry) = first_entry.take() {
+            first_entry();
+        }
         let action = match vcpu.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 stats.count(&stats.port_in, "port in", index);

@@ -130,6 +130,21 @@ impl Vm {
         count: usize,
         entry: &EntryState,
     ) -> Result<Vec<Vcpu>, SwitcherError> {
+        self.create_vcpus_entering(count, Some(entry))
+    }
+
+    /// Creates `count` vCPUs before the boot CPU's entry is known: each is
+    /// as at reset until [`Vcpu::enter`] puts the boot CPU in long mode.
+    /// lg makes them while the kernel is still being read into guest RAM.
+    pub fn create_vcpus_unstarted(&self, count: usize) -> Result<Vec<Vcpu>, SwitcherError> {
+        self.create_vcpus_entering(count, None)
+    }
+
+    fn create_vcpus_entering(
+        &self,
+        count: usize,
+        entry: Option<&EntryState>,
+    ) -> Result<Vec<Vcpu>, SwitcherError> {
         let max = self.kvm.get_max_vcpus();
         if count == 0 || count > max || count > 255 {
             return Err(SwitcherError::TooManyVcpus {
@@ -147,7 +162,7 @@ impl Vm {
                     &host_cpu,
                     index as u8,
                     count as u8,
-                    (index == 0).then_some(entry),
+                    entry.filter(|_| index == 0),
                 )
             })
             .collect()

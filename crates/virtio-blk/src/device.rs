@@ -225,6 +225,7 @@ impl VirtioDevice for VirtioBlock {
             discard: !self.read_only && accepted(VIRTIO_BLK_F_DISCARD),
             write_zeroes: !self.read_only && accepted(VIRTIO_BLK_F_WRITE_ZEROES),
         };
+        let start = activation.io_thread_start;
         let io = BlockIo {
             memory: activation.memory,
             interrupt: activation.interrupt,
@@ -234,7 +235,10 @@ impl VirtioDevice for VirtioBlock {
         };
         let thread = std::thread::Builder::new()
             .name("virtio-blk".into())
-            .spawn(move || io.run())
+            .spawn(move || {
+                start.run();
+                io.run()
+            })
             .map_err(|e| ActivateError(format!("cannot start the disk's I/O thread: {e}")))?;
         self.worker = Some(Worker { stop, thread });
         Ok(())

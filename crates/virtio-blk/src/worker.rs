@@ -198,7 +198,7 @@ impl BlockIo {
                 Ok(true) => self.interrupt.signal_used(self.queue.index),
                 Ok(false) => {}
                 Err(e) => {
-                    self.interrupt.report_broken(&format!("virtio-blk: {e}"));
+                    self.interrupt.report_broken(&e.to_string());
                     return;
                 }
             }
@@ -214,7 +214,7 @@ impl BlockIo {
                     continue;
                 }
                 self.interrupt
-                    .report_broken("virtio-blk: the I/O thread cannot wait for events");
+                    .report_broken("the I/O thread cannot wait for events");
                 return;
             }
             if fds[0].revents != 0 {

@@ -238,6 +238,7 @@ impl VirtioDevice for VirtioNet {
             .try_clone()
             .map_err(|e| ActivateError(format!("cannot share an eventfd: {e}")))?;
         self.set_offloads(tun_offloads(activation.features));
+        let start = activation.io_thread_start;
         let io = NetIo {
             memory: activation.memory,
             interrupt: activation.interrupt,
@@ -251,7 +252,10 @@ impl VirtioDevice for VirtioNet {
         };
         let thread = std::thread::Builder::new()
             .name("virtio-net".into())
-            .spawn(move || io.run())
+            .spawn(move || {
+                start.run();
+                io.run()
+            })
             .map_err(|e| ActivateError(format!("cannot start the network thread: {e}")))?;
         self.worker = Some(Worker { stop, thread });
         Ok(())

@@ -76,7 +76,7 @@ impl NetIo {
                     }
                     Err(e) => {
                         self.interrupt
-                            .report_broken(&format!("virtio-net transmit queue: {e}"));
+                            .report_broken(&format!("transmit queue: {e}"));
                         return;
                     }
                 }
@@ -96,8 +96,7 @@ impl NetIo {
                             (wait == RxWait::Backoff).then(|| Instant::now() + RX_BACKOFF);
                     }
                     Err(e) => {
-                        self.interrupt
-                            .report_broken(&format!("virtio-net receive queue: {e}"));
+                        self.interrupt.report_broken(&format!("receive queue: {e}"));
                         return;
                     }
                 }
@@ -130,7 +129,7 @@ impl NetIo {
             };
             if sys::poll(&mut fds, timeout).is_err() {
                 self.interrupt
-                    .report_broken("virtio-net: the network thread cannot wait for events");
+                    .report_broken("the network thread cannot wait for events");
                 return;
             }
             if fds[0].revents != 0 {

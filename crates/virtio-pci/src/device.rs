@@ -27,6 +27,32 @@ pub struct Activation {
     pub features: u64,
     pub queues: Vec<ActiveQueue>,
     pub interrupt: Arc<Interrupt>,
+    /// What the device's I/O thread runs first, before it touches a queue.
+    pub io_thread_start: IoThreadStart,
+}
+
+/// The hypervisor's word at the start of a device's I/O thread: lg narrows
+/// there what the thread may do (its device-I/O seccomp filter), which
+/// only the thread itself can do. A device calls [`IoThreadStart::run`] as
+/// its thread's first act and needs to know nothing more; a failure is the
+/// hypervisor's to handle, and `run` does not return from it.
+#[derive(Clone)]
+pub struct IoThreadStart(Arc<dyn Fn() + Send + Sync>);
+
+impl IoThreadStart {
+    pub fn new(start: impl Fn() + Send + Sync + 'static) -> IoThreadStart {
+        IoThreadStart(Arc::new(start))
+    }
+
+    /// A start that does nothing, for hypervisors that confine no thread.
+    pub fn nothing() -> IoThreadStart {
+        IoThreadStart::new(|| {})
+    }
+
+    /// Called on the I/O thread, first.
+    pub fn run(&self) {
+        (self.0)()
+    }
 }
 
 /// Why a device would not start.

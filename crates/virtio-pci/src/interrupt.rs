@@ -44,6 +44,9 @@ pub struct Interrupt {
     config_vector: AtomicU16,
     queue_vectors: Vec<AtomicU16>,
     broken: AtomicBool,
+    /// The device's name in lg's log (`virtio-blk`), so that a warning
+    /// says which device the guest broke.
+    device: String,
 }
 
 impl Interrupt {
@@ -52,6 +55,7 @@ impl Interrupt {
         vectors: Vec<Box<dyn MsiSink>>,
         intx: Box<dyn IntxLine>,
         queues: usize,
+        device: String,
     ) -> Interrupt {
         Interrupt {
             msix,
@@ -61,6 +65,7 @@ impl Interrupt {
             config_vector: AtomicU16::new(NO_VECTOR),
             queue_vectors: (0..queues).map(|_| AtomicU16::new(NO_VECTOR)).collect(),
             broken: AtomicBool::new(false),
+            device,
         }
     }
 
@@ -80,11 +85,17 @@ impl Interrupt {
 
     /// The device found the guest's queues unusable: the transport reports
     /// DEVICE_NEEDS_RESET in the status from now on, and the guest is told.
+    /// Logged once until the guest resets the device: a guest that keeps
+    /// kicking a broken queue must not flood lg's log.
     pub fn report_broken(&self, why: &str) {
         if !self.broken.swap(true, Ordering::AcqRel) {
-            log::warn!("virtio device needs a reset: {why}");
+            log::warn!("{}", self.broken_message(why));
         }
         self.signal_config();
+    }
+
+    pub(crate) fn broken_message(&self, why: &str) -> String {
+        format!("{} needs a reset: {why}", self.device)
     }
 
     pub(crate) fn is_broken(&self) -> bool {

@@ -24,6 +24,6 @@ mod device;
 pub mod interrupt;
 mod transport;
 
-pub use device::{ActivateError, Activation, ActiveQueue, VirtioDevice};
+pub use device::{ActivateError, Activation, ActiveQueue, IoThreadStart, VirtioDevice};
 pub use interrupt::{Interrupt, IntxLine, MsiSink};
 pub use transport::{TransportHooks, VirtioPciDevice, BAR_SIZE};

@@ -32,7 +32,7 @@ use virtqueue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::common_config::{self, status, Field, Ring};
-use crate::device::{Activation, ActiveQueue, VirtioDevice};
+use crate::device::{Activation, ActiveQueue, IoThreadStart, VirtioDevice};
 use crate::interrupt::{Interrupt, IntxLine, MsiSink};
 
 /// The size of BAR 0.
@@ -94,6 +94,11 @@ pub trait TransportHooks: Send + Sync {
     fn register_doorbell(&self, addr: u64, event: &EventFd) -> Result<(), String>;
     /// Undo `register_doorbell`.
     fn unregister_doorbell(&self, addr: u64, event: &EventFd);
+    /// What the I/O thread of a device of virtio type `device_type` runs
+    /// as it starts; by default, nothing.
+    fn io_thread_start(&self, _device_type: u16) -> IoThreadStart {
+        IoThreadStart::nothing()
+    }
 }
 
 /// A virtio device on PCI.
@@ -194,6 +199,7 @@ impl VirtioPciDevice {
             vectors,
             intx,
             queue_count,
+            device_name(device.device_type()),
         ));
 
         let queues = device
@@ -402,8 +408,16 @@ impl VirtioPciDevice {
             }
         }
         self.status = new;
-        if new & status::DRIVER_OK != 0 && new & status::FEATURES_OK != 0 && !self.active {
-            self.activate();
+        if new & status::DRIVER_OK != 0 && !self.active {
+            if new & status::FEATURES_OK != 0 {
+                self.activate();
+            } else {
+                // A driver that skipped FEATURES_OK (or went on after it
+                // was refused) waits for a device that will never run:
+                // tell it, rather than leave it hanging.
+                self.interrupt
+                    .report_broken("the driver set DRIVER_OK without FEATURES_OK");
+            }
         }
     }
 
@@ -440,6 +454,7 @@ impl VirtioPciDevice {
             features,
             queues: active,
             interrupt: Arc::clone(&self.interrupt),
+            io_thread_start: self.hooks.io_thread_start(self.device.device_type()),
         };
         match self.device.activate(activation) {
             Ok(()) => self.active = true,
@@ -472,6 +487,17 @@ impl VirtioPciDevice {
             self.interrupt.program_vector(vector);
         }
         self.interrupt.deliver_pending();
+    }
+}
+
+/// What lg's log calls a device of virtio type `device_type`.
+fn device_name(device_type: u16) -> String {
+    match device_type {
+        1 => "virtio-net".into(),
+        2 => "virtio-blk".into(),
+        3 => "virtio-console".into(),
+        4 => "virtio-rng".into(),
+        other => format!("virtio device {other}"),
     }
 }
 
@@ -623,6 +649,8 @@ mod tests {
         Trigger(u16),
         Register(u64),
         Unregister(u64),
+        /// A device of this virtio type started its I/O thread.
+        ThreadStart(u16),
     }
 
     type Log = Arc<Mutex<Vec<Event>>>;
@@ -668,6 +696,11 @@ mod tests {
 
         fn unregister_doorbell(&self, addr: u64, _event: &EventFd) {
             self.log.lock().unwrap().push(Event::Unregister(addr));
+        }
+
+        fn io_thread_start(&self, device_type: u16) -> IoThreadStart {
+            let log = Arc::clone(&self.log);
+            IoThreadStart::new(move || log.lock().unwrap().push(Event::ThreadStart(device_type)))
         }
     }
 
@@ -1275,12 +1308,53 @@ mod tests {
     }
 
     #[test]
-    fn driver_ok_without_features_ok_starts_nothing() {
+    fn a_device_thread_starts_as_the_hooks_say_for_its_type() {
+        let mut rig = rig();
+        rig.start(all_features());
+        let start = rig
+            .seen
+            .lock()
+            .unwrap()
+            .activation
+            .as_ref()
+            .map(|activation| activation.io_thread_start.clone())
+            .unwrap();
+        assert!(!rig.log.lock().unwrap().contains(&Event::ThreadStart(3)));
+        start.run();
+        assert!(rig.log.lock().unwrap().contains(&Event::ThreadStart(3)));
+    }
+
+    #[test]
+    fn a_broken_device_is_named_in_lgs_log() {
+        let rig = rig();
+        assert_eq!(
+            rig.dev.interrupt.broken_message("queue 0: bad"),
+            "virtio-console needs a reset: queue 0: bad"
+        );
+        assert_eq!(device_name(2), "virtio-blk");
+        assert_eq!(device_name(42), "virtio device 42");
+    }
+
+    #[test]
+    fn driver_ok_without_features_ok_starts_nothing_and_needs_a_reset() {
         let mut rig = rig();
         assert!(!rig.negotiate(0));
         rig.setup_queue(0, 64, rings(0), NO_VECTOR);
         rig.add_status(status::DRIVER_OK);
         assert_eq!(rig.activations(), 0);
+        assert_ne!(rig.status() & status::DEVICE_NEEDS_RESET, 0);
+        // Skipping FEATURES_OK altogether is the same mistake.
+        rig.write8(offset::DEVICE_STATUS, 0);
+        rig.add_status(status::ACKNOWLEDGE | status::DRIVER);
+        rig.setup_queue(0, 64, rings(0), NO_VECTOR);
+        assert_eq!(rig.status() & status::DEVICE_NEEDS_RESET, 0);
+        rig.add_status(status::DRIVER_OK);
+        assert_eq!(rig.activations(), 0);
+        assert_ne!(rig.status() & status::DEVICE_NEEDS_RESET, 0);
+        // A reset heals it.
+        rig.start(all_features());
+        assert_eq!(rig.status() & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(rig.activations(), 1);
     }
 
     /// Sets up queue 0 with its used ring straddling the end of RAM, and

@@ -82,9 +82,13 @@ impl VirtioDevice for VirtioRng {
             .map_err(|e| ActivateError(format!("cannot share an eventfd: {e}")))?;
         let memory = activation.memory;
         let interrupt = activation.interrupt;
+        let start = activation.io_thread_start;
         let thread = std::thread::Builder::new()
             .name("virtio-rng".into())
-            .spawn(move || serve(queue, &memory, &interrupt, &thread_stop))
+            .spawn(move || {
+                start.run();
+                serve(queue, &memory, &interrupt, &thread_stop)
+            })
             .map_err(|e| ActivateError(format!("cannot start the rng thread: {e}")))?;
         self.worker = Some(Worker { stop, thread });
         Ok(())

@@ -28,6 +28,11 @@ bench_boot() {
 			else printf "LG_BENCH fail %s %s boot: no LG_GUEST_INIT_OK (exit status %s)\n", vmm, run, status
 		}' /tmp/bench.boot
 	grep -q LG_GUEST_INIT_OK /tmp/bench.boot || bench_log "$vmm" /tmp/bench.boot
+	# lg's own start-up line (lg runs with -v here): process start to the
+	# boot vCPU's first KVM_RUN, and each step's share.
+	startup=$(sed -n 's/.*start-up: \([0-9.]*\) ms.*/\1/p' /tmp/bench.boot | head -n 1)
+	[ -n "$startup" ] && echo "LG_BENCH startup $vmm $run $startup"
+	sed -n 's/.*\(start-up: .*\)/LG_BENCH_STARTUP '"$vmm $run"' \1/p' /tmp/bench.boot | head -n 1
 }
 
 # bench_start CMD...: start the hypervisor in the background. What the
@@ -100,7 +105,7 @@ bench_host_timed() {
 }
 
 # bench_session VMM RUN PROGRAM CMD...: boot to the guest's shell with the
-# disk, sample memory while it idles (and lg's start-up line, with -v), then
+# disk, sample memory while it idles, then
 # dd the disk (read, then write) and read it at random, and power off.
 bench_session() {
 	vmm=$1 run=$2 program=$3; shift 3
@@ -108,8 +113,6 @@ bench_session() {
 	if bench_wait 'guest# '; then
 		sleep 1
 		bench_mem mem "$vmm" "$run" "$program"
-		startup=$(sed -n 's/.*start-up: \([0-9.]*\) ms.*/\1/p' /tmp/bench.out | head -n 1)
-		[ -n "$startup" ] && echo "LG_BENCH startup $vmm $run $startup"
 		if seconds=$(bench_timed LG_DDREAD 'dd if=/dev/vda of=/dev/null bs=1M iflag=direct') &&
 			grep -q ' @DISK_MB@+0 records out' /tmp/bench.out; then
 			echo "LG_BENCH blk $vmm $run $((@DISK_MB@ * 1048576)) $seconds"

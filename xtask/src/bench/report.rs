@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use super::{
-    Devices, Part, Vmm, BOOT_ARGS, DISK_MB, GUEST_MB, IDLE, LAZY_GUEST_MB, LAZY_HELD_MB,
+    Devices, Part, Vmm, BOOT, BOOT_ARGS, DISK_MB, GUEST_MB, IDLE, LAZY_GUEST_MB, LAZY_HELD_MB,
     LAZY_TOUCH_MB, LG, MANY_GUESTS, MANY_GUEST_MB, NET, NET_MB, NET_RUNS, ONE_RUNS, QEMU_MICROVM,
     QEMU_PC, SHELL_ARGS, STAGGER_SECONDS, TESTHOST_MB,
 };
@@ -131,6 +131,8 @@ pub struct Report {
     many: BTreeMap<String, Vec<ManyGuest>>,
     /// Test hosts whose kernel crashed: what ran, and the crash's first line.
     crashes: Vec<(String, String)>,
+    /// lg's start-up lines, each with its steps (`LG_BENCH_STARTUP`).
+    startup_steps: Vec<String>,
     /// `LG_BENCH fail` lines and the console lines that explain them.
     failures: Vec<String>,
 }
@@ -175,7 +177,7 @@ impl Report {
         let mut lg_only = vec![
             Figure::new(
                 "startup_ms",
-                "lg's start-up: main() to starting the vCPUs (idle guest, -v)",
+                "lg's start-up: the process's start to the first KVM_RUN (boot figure's guests, -v)",
                 "ms",
             )
             .below(10.0),
@@ -240,7 +242,7 @@ impl Report {
                 .map(|&vmm| Column {
                     vmm,
                     commands: [
-                        ("boot", command(vmm, BOOT_ARGS, Devices::default())),
+                        ("boot", command(vmm, BOOT_ARGS, BOOT)),
                         ("idle", command(vmm, SHELL_ARGS, IDLE)),
                         ("net", command(vmm, SHELL_ARGS, NET)),
                     ],
@@ -275,6 +277,7 @@ impl Report {
             host_read: Vec::new(),
             many: BTreeMap::new(),
             crashes: Vec::new(),
+            startup_steps: Vec::new(),
             failures: Vec::new(),
         }
     }
@@ -285,6 +288,11 @@ impl Report {
             if let Some(at) = line.find("LG_BENCH_LOG ") {
                 self.failures
                     .push(format!("    | {}", &line[at + "LG_BENCH_LOG ".len()..]));
+                continue;
+            }
+            if let Some(at) = line.find("LG_BENCH_STARTUP ") {
+                let text = line[at + "LG_BENCH_STARTUP ".len()..].trim_end_matches('\r');
+                self.startup_steps.push(format!("  {text}"));
                 continue;
             }
             let Some(at) = line.find("LG_BENCH ") else {
@@ -316,7 +324,7 @@ impl Report {
                     self.add_lg_only("one_init_ms", init);
                 }
             }
-            "startup" if key == LG.key => {
+            "startup" if key == LG.key && !warm_up => {
                 if let Some(ms) = number(3) {
                     self.add_lg_only("startup_ms", ms);
                 }
@@ -599,7 +607,7 @@ impl Report {
                 // A target missed for want of a sample is said too, when
                 // its part ran.
                 let part = match f.key.as_str() {
-                    "startup_ms" => Part::Idle,
+                    "startup_ms" => Part::Boot,
                     _ => Part::Many,
                 };
                 !f.samples.is_empty() || (f.target_below.is_some() && self.parts.contains(&part))
@@ -628,6 +636,12 @@ impl Report {
                 "\n{what}: blocked by the nested environment: the test host's kernel crashed \
                  ({bug})"
             );
+        }
+        if !self.startup_steps.is_empty() {
+            let _ = writeln!(out, "\nlg's start-up, step by step (ms):");
+            for line in &self.startup_steps {
+                let _ = writeln!(out, "{line}");
+            }
         }
         if !self.failures.is_empty() {
             let _ = writeln!(out, "\nfailures:");
@@ -749,6 +763,11 @@ impl Report {
                 json_string(what),
                 json_string(bug)
             )))
+        );
+        let _ = writeln!(
+            out,
+            "  \"startup_steps\": [{}],",
+            json_list(self.startup_steps.iter().map(|f| json_string(f.trim())))
         );
         let _ = writeln!(
             out,
@@ -962,7 +981,9 @@ LG_BENCH boot lg 1 100.0 150.0 0
 LG_BENCH boot lg 2 300.0 350.0 0
 LG_BENCH boot pc 1 400.0 500.0 0
 LG_BENCH mem lg 1 266240 262144 262144
+LG_BENCH startup lg 0 99.0
 LG_BENCH startup lg 1 3.25
+LG_BENCH_STARTUP lg 1 start-up: 3.25 ms from the process's start to the first KVM_RUN (before main 1.00, vCPU thread to KVM_RUN 2.25 ms)
 LG_BENCH blk pc 1 67108864 0.5
 LG_BENCH blkwrite lg 1 67108864 2
 LG_BENCH randread pc 1 2500
@@ -1003,6 +1024,10 @@ LG_BENCH_LOG pc qemu-system-x86_64: oops
         // A Markdown table: number columns right-aligned.
         assert!(table.contains("-:|-"), "{table}");
         assert!(table.contains("| 3.25 |"), "{table}");
+        assert!(
+            table.contains("  lg 1 start-up: 3.25 ms from the process's start"),
+            "{table}"
+        );
         let json = report.json();
         assert!(json.contains("\"median\": 200.000"));
         assert!(json.contains("\"key\": \"startup_ms\""));
