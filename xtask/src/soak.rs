@@ -50,6 +50,10 @@ console_tail() {
 previous=0
 cycle=1
 while [ $cycle -le KILLS ]; do
+	# Emptied here, not only by the redirection below: that happens in the
+	# background child, and wait_for could otherwise still read the last
+	# cycle's LG_SYNCED and kill this lg before its guest had started.
+	: >/tmp/cycle.out
 	lg run --block=/disk/root.img 256 $K lgtest=syncloop </dev/null >/tmp/cycle.out 2>&1 &
 	pid=$!
 	wait_for 'LG_SYNCED=\|LG_MOUNT_FAILED' 3000
