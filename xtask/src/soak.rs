@@ -60,8 +60,17 @@ while [ $cycle -le KILLS ]; do
 	sleep $((RANDOM % 2)).$((RANDOM % 10))
 	kill -9 $pid
 	wait $pid 2>/dev/null
-	found=$(grep -o 'LG_FOUND=[0-9]*' /tmp/cycle.out | head -n 1 | cut -d= -f2)
-	synced=$(grep -o 'LG_SYNCED=[0-9]*' /tmp/cycle.out | tail -n 1 | cut -d= -f2)
+	# Only whole lines count: the kill can cut the last one short, and
+	# `LG_SYNCED=1` cut from `LG_SYNCED=1008` would be taken for 1. A
+	# last line without its newline is dropped (`$(...)` strips a final
+	# newline, so the test is empty exactly when the file ends in one).
+	if [ -n "$(tail -c 1 /tmp/cycle.out)" ]; then
+		sed '$d' /tmp/cycle.out >/tmp/cycle.lines
+	else
+		cp /tmp/cycle.out /tmp/cycle.lines
+	fi
+	found=$(grep -o 'LG_FOUND=[0-9]*' /tmp/cycle.lines | head -n 1 | cut -d= -f2)
+	synced=$(grep -o 'LG_SYNCED=[0-9]*' /tmp/cycle.lines | tail -n 1 | cut -d= -f2)
 	cp /disk/root.img /tmp/check.img
 	e2fsck -fy /tmp/check.img >/tmp/fsck1.out 2>&1
 	replay=$?
