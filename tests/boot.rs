@@ -2,7 +2,9 @@
 //! guest powers off or reboots, lg ends with status 0.
 //!
 //! One test host runs four guests: `lgtest=poweroff` shows the kernel's own
-//! boot messages and the guest's `/init` marker reaching lg's stdout;
+//! boot messages and the guest's `/init` marker reaching lg's stdout (and,
+//! with `-v`, that the console's bytes mostly waited in KVM's coalesced
+//! ring rather than exiting one by one);
 //! `lgtest=reboot` that a reset ends lg as cleanly as a power-off does;
 //! `--cpus=2` that a second vCPU comes up (the guest counts them); and a
 //! guest at its interactive shell that what is piped into lg's standard input
@@ -22,7 +24,7 @@ fn test_host() -> &'static TestHostRun {
             "lg_case poweroff {}\nlg_case reboot {}\nlg_case smp {}\n\
              printf 'echo LG_TYPED_$((6 * 7))\\npoweroff -f\\n' | lg_case typed {}\n\
              lg_case panic {}\nlg_case shutdown {}\nlg_case restart {}\n",
-            boot_kit(256, "lgtest=poweroff"),
+            boot_kit(256, "lgtest=poweroff").replacen("run ", "run -v ", 1),
             boot_kit(256, "lgtest=reboot"),
             boot_kit(256, "lgtest=nproc").replacen("run ", "run --cpus=2 ", 1),
             boot_kit(256, "quiet"),
@@ -52,6 +54,42 @@ fn the_kernel_boots_and_its_init_runs() {
     assert!(
         poweroff.printed("LG_GUEST_INIT_OK"),
         "the guest's /init never ran (no LG_GUEST_INIT_OK)\n{}",
+        poweroff.describe()
+    );
+}
+
+/// The first `N port in, M port out` of lg's `-v` exit counts.
+fn port_exits(case: &lg_e2e::Case) -> Option<(u64, u64)> {
+    case.console.iter().find_map(|line| {
+        let counts = &line[line.find("exits: ")? + "exits: ".len()..];
+        let mut words = counts.split(|c: char| c == ',' || c.is_whitespace());
+        let port_in = words.next()?.parse().ok()?;
+        let rest: Vec<&str> = words.filter(|w| !w.is_empty()).collect();
+        // ["port", "in", M, "port", "out", ...]
+        let port_out = rest.get(2)?.parse().ok()?;
+        Some((port_in, port_out))
+    })
+}
+
+#[test]
+fn the_consoles_bytes_wait_in_kvms_ring_instead_of_exiting_each() {
+    let poweroff = case(&test_host().output, "poweroff");
+    let console_bytes: usize = poweroff
+        .console
+        .iter()
+        .skip_while(|line| !line.contains("Linux version"))
+        .map(|line| line.len() + 1)
+        .sum();
+    let Some((port_in, port_out)) = port_exits(&poweroff) else {
+        panic!("lg -v printed no exit counts\n{}", poweroff.describe());
+    };
+    // The kernel's console reads LSR before each byte (an exit each) and
+    // writes the byte (kept by KVM): without the ring, there would be about
+    // as many port writes as reads, and at least one per byte printed.
+    assert!(
+        console_bytes > 10_000 && port_out * 4 < port_in && (port_out as usize) < console_bytes / 4,
+        "{port_in} port reads and {port_out} port writes exited for {console_bytes} bytes of \
+         console: the serial port's writes were not kept in KVM's coalesced ring\n{}",
         poweroff.describe()
     );
 }

@@ -27,7 +27,7 @@ use lg_control::{ControlSocket, GuestInfo, ServingSocket};
 use pci::{BarAllocator, PciBus};
 use shadow_mmu::GuestMemory;
 use switcher::irq::MsiRouting;
-use switcher::{EntryState, ExitStats, GuestEnd, Vcpu, VcpuControl, Vm};
+use switcher::{CoalescedRing, EntryState, ExitStats, GuestEnd, Vcpu, VcpuControl, Vm};
 use virtio_blk::{BlockConfig, VirtioBlock};
 use virtio_net::{NetStats, VirtioNet};
 use virtio_pci::{TransportHooks, VirtioDevice, VirtioPciDevice};
@@ -37,7 +37,7 @@ use crate::cli::{self, Run, Tunnet};
 use crate::hooks::{KvmHooks, KvmIntx};
 use crate::inspect::{self, Inspectable};
 use crate::network::{self, Nic};
-use crate::platform::{IsaIrq, Platform};
+use crate::platform::{CoalescingSwitch, IsaIrq, KvmCoalescing, Platform};
 use crate::privileges::{self, Confinement};
 use crate::terminal;
 
@@ -471,7 +471,25 @@ fn boot(mut guest: PreparedGuest) -> u8 {
         return EXIT_REFUSED;
     }
     crate::startup::step("privileges");
-    let platform = Arc::new(Platform::new(Box::new(std::io::stdout()), uart_irq, bus));
+    // KVM's coalesced ring, for the serial port's transmit register (see
+    // platform.rs); a KVM without one costs an exit per byte, nothing more.
+    let ring = match vcpus.first().map(|boot| CoalescedRing::map(vm.fd(), boot)) {
+        Some(Ok(ring)) => ring,
+        Some(Err(e)) => {
+            log::warn!("{e}; every serial byte will exit");
+            None
+        }
+        None => None,
+    };
+    let coalescing: Option<Box<dyn CoalescingSwitch>> = ring
+        .as_ref()
+        .map(|_| Box::new(KvmCoalescing(Arc::clone(vm.fd()))) as Box<dyn CoalescingSwitch>);
+    let platform = Arc::new(Platform::new(
+        Box::new(std::io::stdout()),
+        uart_irq,
+        bus,
+        coalescing,
+    ));
 
     let typed_into: KeysSink = match guest.console {
         ConsoleDevice::Serial => {
@@ -564,6 +582,7 @@ fn boot(mut guest: PreparedGuest) -> u8 {
         platform,
         Arc::clone(&stats),
         control,
+        ring,
         Box::new(crate::startup::first_kvm_run),
     );
     // An attached gdb hears the guest exit before lg goes.

@@ -9,6 +9,14 @@
 //! itself emulates, plus whatever the guest pokes at that nothing answers:
 //! such a read sees all ones, as on a real bus with nothing on it, and is
 //! logged once so a reader with `--verbose` can see what the guest looked for.
+//!
+//! The serial port's transmit register is the one register here whose writes
+//! need not exit: while the guest polls the line status between bytes (the
+//! kernel's console always does), KVM keeps them in its coalesced ring and lg
+//! replays them before the next exit (`switcher::coalesced`). The moment the
+//! guest's driver asks for the transmitter-empty interrupt instead, every
+//! byte must exit again, since only lg can raise that interrupt:
+//! [`SerialPort::follow_transmit_interrupt`] switches between the two.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -24,7 +32,7 @@ use hcall_abi::layout::{
 use hvc_console::{InterruptLine, Uart};
 use kvm_ioctls::VmFd;
 use pci::PciBus;
-use switcher::{ExitHandler, GuestEnd, PortAction};
+use switcher::{CoalescedRing, CoalescedWrite, ExitHandler, GuestEnd, PortAction};
 
 /// An ISA interrupt line on KVM's in-kernel PIC and IO-APIC. ISA lines are
 /// edge-triggered, so raising one is a pulse: up, then down.
@@ -42,9 +50,67 @@ impl InterruptLine for IsaIrq {
     }
 }
 
+/// Turns KVM's keeping of the transmit register's writes on and off.
+pub trait CoalescingSwitch: Send {
+    /// `keep`: writes to COM1's data port go to KVM's coalesced ring from
+    /// now on; else each exits.
+    fn set(&self, keep: bool) -> Result<(), String>;
+}
+
+/// The switch on a real VM: its coalesced zone for COM1's data port.
+pub struct KvmCoalescing(pub Arc<VmFd>);
+
+impl CoalescingSwitch for KvmCoalescing {
+    fn set(&self, keep: bool) -> Result<(), String> {
+        let done = if keep {
+            CoalescedRing::coalesce_port(&self.0, COM1_PORT, 1)
+        } else {
+            CoalescedRing::stop_coalescing_port(&self.0, COM1_PORT, 1)
+        };
+        done.map_err(|e| e.to_string())
+    }
+}
+
+/// COM1, and whether KVM keeps its transmit register's writes.
+struct SerialPort {
+    uart: Uart,
+    /// None where KVM has no coalesced ring: every write exits.
+    coalescing: Option<Box<dyn CoalescingSwitch>>,
+    /// Whether writes to the data port are being kept now.
+    kept: bool,
+}
+
+impl SerialPort {
+    /// Keeps transmit-register writes in KVM's ring exactly while the
+    /// guest's driver has no transmitter-empty interrupt enabled, so that
+    /// a driver waiting for that interrupt sees each byte leave at once.
+    /// Called after every write to the port; it costs a KVM call only when
+    /// the interrupt was switched.
+    fn follow_transmit_interrupt(&mut self) {
+        let keep = !self.uart.transmit_interrupt_enabled();
+        let Some(switch) = &self.coalescing else {
+            return;
+        };
+        if keep == self.kept {
+            return;
+        }
+        match switch.set(keep) {
+            Ok(()) => self.kept = keep,
+            Err(e) => {
+                // Keeping writes is only an optimisation, so lg stops
+                // switching and goes on. If the writes are still kept, the
+                // ring is replayed every few milliseconds anyway, which
+                // still delivers every byte and interrupt, only later.
+                log::warn!("serial port: {e}; its writes stay as they are");
+                self.coalescing = None;
+            }
+        }
+    }
+}
+
 /// lg's own legacy devices.
 pub struct Platform {
-    uart: Mutex<Uart>,
+    serial: Mutex<SerialPort>,
     pci: Mutex<PciBus>,
     rtc: Mutex<CmosRtc>,
     /// Ports and addresses already reported as unanswered, so each is
@@ -61,13 +127,23 @@ fn lock<T>(device: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Platform {
     /// The platform for a guest whose serial output goes to `console` and
     /// whose UART interrupts go to `uart_irq` (COM1's line, IRQ 4).
+    /// `coalescing`, where KVM has a coalesced ring that lg replays, lets
+    /// the transmit register's writes wait in it (turned on here: the
+    /// guest starts with its UART's interrupts off).
     pub fn new(
         console: Box<dyn Write + Send>,
         uart_irq: Box<dyn InterruptLine>,
         pci: PciBus,
+        coalescing: Option<Box<dyn CoalescingSwitch>>,
     ) -> Platform {
+        let mut serial = SerialPort {
+            uart: Uart::new(console, uart_irq),
+            coalescing,
+            kept: false,
+        };
+        serial.follow_transmit_interrupt();
         Platform {
-            uart: Mutex::new(Uart::new(console, uart_irq)),
+            serial: Mutex::new(serial),
             pci: Mutex::new(pci),
             rtc: Mutex::new(CmosRtc::new()),
             reported: Mutex::new(HashSet::new()),
@@ -76,7 +152,7 @@ impl Platform {
 
     /// Bytes typed at lg's terminal, for the guest's serial port.
     pub fn console_input(&self, bytes: &[u8]) {
-        lock(&self.uart).push_input(bytes);
+        lock(&self.serial).uart.push_input(bytes);
     }
 
     fn report_once(&self, what: &str, where_: u64, write: bool) {
@@ -103,7 +179,7 @@ impl ExitHandler for Platform {
             return;
         };
         match port {
-            p if is_com1(p) => *first = lock(&self.uart).read((p - COM1_PORT) as u8),
+            p if is_com1(p) => *first = lock(&self.serial).uart.read((p - COM1_PORT) as u8),
             p if is_pci_config(p) => lock(&self.pci).port_read(p, data),
             cmos_rtc::INDEX_PORT | cmos_rtc::DATA_PORT => *first = lock(&self.rtc).read(port),
             // pvpanic: which events lg understands.
@@ -119,7 +195,11 @@ impl ExitHandler for Platform {
             return PortAction::Continue;
         };
         match port {
-            p if is_com1(p) => lock(&self.uart).write((p - COM1_PORT) as u8, value),
+            p if is_com1(p) => {
+                let mut serial = lock(&self.serial);
+                serial.uart.write((p - COM1_PORT) as u8, value);
+                serial.follow_transmit_interrupt();
+            }
             cmos_rtc::INDEX_PORT | cmos_rtc::DATA_PORT => lock(&self.rtc).write(port, value),
             ACPI_SLEEP_CONTROL_PORT => {
                 let sleep_type = (value >> 2) & 0x7;
@@ -177,6 +257,24 @@ impl ExitHandler for Platform {
         PortAction::Continue
     }
 
+    fn coalesced_writes(&self, writes: &[CoalescedWrite]) -> PortAction {
+        // lg has KVM keep only COM1's data port, so a batch is that port's
+        // bytes: passed to the console in one go.
+        let serial_bytes = |w: &CoalescedWrite| match w.data() {
+            [byte] if w.pio && w.address == u64::from(COM1_PORT) => Some(*byte),
+            _ => None,
+        };
+        if writes.iter().all(|w| serial_bytes(w).is_some()) {
+            let mut serial = lock(&self.serial);
+            serial
+                .uart
+                .write_batch(writes.iter().filter_map(serial_bytes).map(|b| (0, b)));
+            serial.follow_transmit_interrupt();
+            return PortAction::Continue;
+        }
+        switcher::run::each_coalesced_write(self, writes)
+    }
+
     fn vcpu_thread_started(&self, _index: u8) -> Result<(), String> {
         crate::seccomp::confine_thread(crate::seccomp::Role::Vcpu)
     }
@@ -206,7 +304,7 @@ mod tests {
     fn platform() -> (Platform, Sink) {
         let sink = Sink::default();
         (
-            Platform::new(Box::new(sink.clone()), Box::new(NoIrq), PciBus::new()),
+            Platform::new(Box::new(sink.clone()), Box::new(NoIrq), PciBus::new(), None),
             sink,
         )
     }
@@ -285,6 +383,81 @@ mod tests {
             platform.port_out(COM1_PORT, &[*byte]);
         }
         assert_eq!(&*sink.0.lock().unwrap(), b"ok");
+    }
+
+    /// Records every switch of KVM's keeping, and can be made to fail.
+    #[derive(Clone, Default)]
+    struct Switches(Arc<Mutex<Vec<bool>>>, Arc<std::sync::atomic::AtomicBool>);
+    impl CoalescingSwitch for Switches {
+        fn set(&self, keep: bool) -> Result<(), String> {
+            if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("KVM said no".into());
+            }
+            self.0.lock().unwrap().push(keep);
+            Ok(())
+        }
+    }
+
+    const IER: u16 = COM1_PORT + 1;
+    const LCR: u16 = COM1_PORT + 3;
+
+    #[test]
+    fn serial_bytes_wait_in_kvm_exactly_while_the_driver_polls() {
+        let switches = Switches::default();
+        let sink = Sink::default();
+        let platform = Platform::new(
+            Box::new(sink.clone()),
+            Box::new(NoIrq),
+            PciBus::new(),
+            Some(Box::new(switches.clone())),
+        );
+        let seen = || switches.0.lock().unwrap().clone();
+        assert_eq!(seen(), [true], "kept from the start: interrupts are off");
+        // The receive interrupt alone changes nothing.
+        platform.port_out(IER, &[0x01]);
+        assert_eq!(seen(), [true]);
+        // The transmitter-empty interrupt: every byte must exit.
+        platform.port_out(IER, &[0x03]);
+        assert_eq!(seen(), [true, false]);
+        platform.port_out(IER, &[0x03]);
+        assert_eq!(seen(), [true, false], "no switch without a change");
+        // The divisor latch shares IER's port and switches nothing.
+        platform.port_out(LCR, &[0x83]);
+        platform.port_out(IER, &[0x00]);
+        platform.port_out(LCR, &[0x03]);
+        assert_eq!(seen(), [true, false]);
+        platform.port_out(IER, &[0x01]);
+        assert_eq!(seen(), [true, false, true]);
+        // A switch KVM refuses stops the switching, and lg goes on.
+        switches.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        platform.port_out(IER, &[0x03]);
+        switches.1.store(false, std::sync::atomic::Ordering::SeqCst);
+        platform.port_out(IER, &[0x01]);
+        platform.port_out(IER, &[0x03]);
+        assert_eq!(seen(), [true, false, true]);
+        platform.port_out(COM1_PORT, b"!");
+        assert_eq!(&*sink.0.lock().unwrap(), b"!");
+    }
+
+    #[test]
+    fn a_batch_of_kept_serial_bytes_reaches_the_console_in_order() {
+        let (platform, sink) = platform();
+        let batch: Vec<CoalescedWrite> = b"boot\n"
+            .iter()
+            .map(|&b| CoalescedWrite::new(true, u64::from(COM1_PORT), &[b]))
+            .collect();
+        assert_eq!(platform.coalesced_writes(&batch), PortAction::Continue);
+        assert_eq!(&*sink.0.lock().unwrap(), b"boot\n");
+        // Anything else in a batch is handled one write at a time, in order.
+        let mixed = [
+            CoalescedWrite::new(true, u64::from(COM1_PORT), b"x"),
+            CoalescedWrite::new(true, u64::from(PVPANIC_PORT), &[PVPANIC_PANICKED]),
+        ];
+        assert_eq!(
+            platform.coalesced_writes(&mixed),
+            PortAction::End(GuestEnd::Panic)
+        );
+        assert_eq!(&*sink.0.lock().unwrap(), b"boot\nx");
     }
 
     #[test]

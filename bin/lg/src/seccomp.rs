@@ -60,8 +60,8 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use kvm_bindings::{
-    kvm_fpu, kvm_guest_debug, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqfd, kvm_regs,
-    kvm_sregs, KVMIO,
+    kvm_coalesced_mmio_zone, kvm_fpu, kvm_guest_debug, kvm_ioeventfd, kvm_irq_level,
+    kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_sregs, KVMIO,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -338,6 +338,18 @@ ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
 ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
 ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+ioctl_iow_nr!(
+    KVM_REGISTER_COALESCED_MMIO,
+    KVMIO,
+    0x67,
+    kvm_coalesced_mmio_zone
+);
+ioctl_iow_nr!(
+    KVM_UNREGISTER_COALESCED_MMIO,
+    KVMIO,
+    0x68,
+    kvm_coalesced_mmio_zone
+);
 
 /// One allowed ioctl request number, and what needs it.
 type AllowedIoctl = (libc::c_ulong, &'static str);
@@ -370,6 +382,14 @@ fn ioctls(role: Role) -> Vec<AllowedIoctl> {
             (
                 KVM_IRQFD(),
                 "MSI vectors let go of their irqfds if the last vCPU drops the machine at the end",
+            ),
+            (
+                KVM_REGISTER_COALESCED_MMIO(),
+                "the serial port's bytes wait in KVM's ring again (its driver polls)",
+            ),
+            (
+                KVM_UNREGISTER_COALESCED_MMIO(),
+                "the serial port's bytes exit again (its driver wants interrupts)",
             ),
             (libc::TUNSETOFFLOAD, "virtio-net's offloads, at DRIVER_OK"),
             tidy_up,
@@ -924,6 +944,14 @@ mod tests {
             .and_then(errno)));
         assert!(sends(KVM_IRQFD(), || vm
             .register_irqfd(&event, 40)
+            .err()
+            .and_then(errno)));
+        assert!(sends(KVM_REGISTER_COALESCED_MMIO(), || vm
+            .register_coalesced_mmio(IoEventAddress::Pio(0x3f8), 1)
+            .err()
+            .and_then(errno)));
+        assert!(sends(KVM_UNREGISTER_COALESCED_MMIO(), || vm
+            .unregister_coalesced_mmio(IoEventAddress::Pio(0x3f8), 1)
             .err()
             .and_then(errno)));
         // And the check itself can fail: KVM_RUN's number is not GET_REGS's.

@@ -80,6 +80,8 @@ pub struct Uart {
     /// Typed bytes waiting on lg's side of the cable for RTS and FIFO room.
     backlog: VecDeque<u8>,
     output: Box<dyn Write + Send>,
+    /// Bytes written to `output` since its last flush.
+    unflushed: bool,
     interrupt: Box<dyn InterruptLine>,
 }
 
@@ -97,6 +99,7 @@ impl Uart {
             rx: VecDeque::new(),
             backlog: VecDeque::new(),
             output,
+            unflushed: false,
             interrupt,
         }
     }
@@ -179,6 +182,39 @@ impl Uart {
 
     /// The guest writes `value` to the register at `offset` (0..8).
     pub fn write(&mut self, offset: u8, value: u8) {
+        self.write_register(offset, value);
+        self.flush_output();
+    }
+
+    /// Writes the guest made one after another without an exit between
+    /// them (KVM kept them in its coalesced ring), as `(offset, value)`:
+    /// the same as [`write`](Self::write) for each, with the transmitted
+    /// bytes passed on to the console in one go.
+    pub fn write_batch(&mut self, writes: impl IntoIterator<Item = (u8, u8)>) {
+        for (offset, value) in writes {
+            self.write_register(offset, value);
+        }
+        self.flush_output();
+    }
+
+    /// Whether the guest asked for an interrupt when the transmitter
+    /// empties: its driver then sends the next bytes only after that
+    /// interrupt, so each byte it writes must reach lg (exit) at once,
+    /// rather than wait in KVM's coalesced ring. Without it (the kernel's
+    /// console, early boot) the driver polls LSR between bytes, and LSR
+    /// reads exit anyway.
+    pub fn transmit_interrupt_enabled(&self) -> bool {
+        self.interrupt_enable & IER_TX_EMPTY != 0
+    }
+
+    fn flush_output(&mut self) {
+        if std::mem::take(&mut self.unflushed) {
+            // A console whose reader went away must not stop the guest.
+            let _ = self.output.flush();
+        }
+    }
+
+    fn write_register(&mut self, offset: u8, value: u8) {
         match offset {
             DATA if self.dlab() => self.divisor = (self.divisor & 0xff00) | u16::from(value),
             DATA => {
@@ -190,7 +226,7 @@ impl Uart {
                     // A console whose reader went away must not stop the
                     // guest; the byte is simply lost, as on a cut cable.
                     let _ = self.output.write_all(&[value]);
-                    let _ = self.output.flush();
+                    self.unflushed = true;
                 }
                 self.tx_empty_pending = true;
                 self.update_interrupt();
@@ -299,6 +335,59 @@ mod tests {
         }
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
         assert_eq!(uart.read(LSR) & (LSR_TX_EMPTY | LSR_TX_HOLDING_EMPTY), 0x60);
+    }
+
+    /// Counts the flushes, and the bytes that had arrived at each.
+    #[derive(Clone, Default)]
+    struct FlushCounter(Arc<Mutex<(Vec<u8>, Vec<usize>)>>);
+    impl Write for FlushCounter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            let mut seen = self.0.lock().unwrap();
+            let bytes = seen.0.len();
+            seen.1.push(bytes);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_batch_is_the_same_writes_passed_on_with_one_flush() {
+        let sink = FlushCounter::default();
+        let mut uart = Uart::new(Box::new(sink.clone()), Box::new(CountingLine::default()));
+        // The divisor set in the middle of a batch is a divisor, not text.
+        uart.write_batch([
+            (DATA, b'o'),
+            (LCR, LCR_DLAB | 0x03),
+            (DATA, 1),
+            (LCR, 0x03),
+            (DATA, b'k'),
+        ]);
+        assert_eq!(uart.divisor, 1);
+        let (bytes, flushes) = sink.0.lock().unwrap().clone();
+        assert_eq!(bytes, b"ok");
+        assert_eq!(flushes, [2], "one flush, after both bytes");
+        // Register writes alone flush nothing.
+        uart.write(SCR, 7);
+        uart.write_batch([(SCR, 8)]);
+        assert_eq!(sink.0.lock().unwrap().1, [2]);
+    }
+
+    #[test]
+    fn the_transmit_interrupt_decides_whether_writes_may_wait() {
+        let (mut uart, _, _) = uart();
+        assert!(!uart.transmit_interrupt_enabled());
+        uart.write(IER, IER_TX_EMPTY | IER_RX_DATA);
+        assert!(uart.transmit_interrupt_enabled());
+        // With DLAB set, offset 1 is the divisor's high byte, not IER.
+        uart.write(LCR, LCR_DLAB);
+        uart.write(IER, 0);
+        assert!(uart.transmit_interrupt_enabled());
+        uart.write(LCR, 0x03);
+        uart.write(IER, IER_RX_DATA);
+        assert!(!uart.transmit_interrupt_enabled());
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //!   I/O port or MMIO access the kernel could not handle itself) to the
 //!   devices through the [`ExitHandler`] trait, and deciding when the guest
 //!   has ended.
+//! - [`coalesced`]: writes KVM keeps in a shared ring instead of exiting
+//!   (the serial port's transmit register), replayed before each exit.
 //! - [`vcpu_control`]: reaching into running vCPUs from other threads
 //!   (pause, resume, registers, any vCPU ioctl) at a checkpoint before each
 //!   `KVM_RUN`; and [`debug`]: breakpoints and single steps in KVM's terms,
@@ -26,6 +28,7 @@
 //! The switcher knows no device: the binary wires devices to it through
 //! [`ExitHandler`], so the crate graph stays a ladder from KVM up to `lg`.
 
+pub mod coalesced;
 pub mod cpu;
 pub mod debug;
 pub mod host;
@@ -35,6 +38,7 @@ pub mod run;
 pub mod vcpu_control;
 pub mod vm;
 
+pub use coalesced::{CoalescedRing, CoalescedWrite};
 pub use cpu::EntryState;
 pub use cpu::Vcpu;
 pub use debug::{Breakpoints, DebugStop, HwBreakpoint, HwError, HwKind};
