@@ -35,6 +35,8 @@ pub mod host;
 pub mod irq;
 pub mod regs_dump;
 pub mod run;
+#[cfg(test)]
+mod test_guest;
 pub mod vcpu_control;
 pub mod vm;
 

@@ -347,10 +347,6 @@ mod tests {
 
     use std::sync::Mutex;
 
-    use kvm_bindings::kvm_regs;
-    use kvm_ioctls::Kvm;
-    use shadow_mmu::{GuestAddress, GuestMemory};
-
     use super::*;
 
     const SERIAL: u16 = 0x3f8;
@@ -398,22 +394,7 @@ mod tests {
     /// Boots CODE with writes to the serial port coalesced or not, and
     /// returns what the handler saw.
     fn run_code(coalesce: bool) -> Option<Vec<(&'static str, u16, u8)>> {
-        let vm = Kvm::new().ok()?.create_vm().ok()?;
-        let memory = GuestMemory::new(1 << 20).ok()?;
-        memory.register(&vm).ok()?;
-        memory.write(GuestAddress(CODE_AT), &CODE).ok()?;
-        let fd = vm.create_vcpu(0).ok()?;
-        let mut sregs = fd.get_sregs().ok()?;
-        sregs.cs.base = 0;
-        sregs.cs.selector = 0;
-        fd.set_sregs(&sregs).ok()?;
-        fd.set_regs(&kvm_regs {
-            rip: CODE_AT,
-            rflags: 0x2,
-            ..Default::default()
-        })
-        .ok()?;
-        let vcpu = Vcpu { fd, index: 0 };
+        let (vm, _memory, vcpu) = crate::test_guest::real_mode_guest(&CODE, CODE_AT)?;
         let ring = if coalesce {
             let ring = CoalescedRing::map(&vm, &vcpu).ok()??;
             CoalescedRing::coalesce_port(&vm, SERIAL, 1).ok()?;

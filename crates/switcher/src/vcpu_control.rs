@@ -544,7 +544,6 @@ mod tests {
 
         use std::sync::Arc;
 
-        use kvm_ioctls::Kvm;
         use shadow_mmu::GuestMemory;
 
         use super::*;
@@ -577,26 +576,8 @@ mod tests {
             }
         }
 
-        /// A VM, its memory and one vCPU about to run `CODE` in real mode.
         fn real_mode_guest() -> Option<(kvm_ioctls::VmFd, GuestMemory, Vcpu)> {
-            let vm = Kvm::new().ok()?.create_vm().ok()?;
-            let memory = GuestMemory::new(1 << 20).ok()?;
-            memory.register(&vm).ok()?;
-            memory
-                .write(shadow_mmu::GuestAddress(CODE_AT), &CODE)
-                .ok()?;
-            let fd = vm.create_vcpu(0).ok()?;
-            let mut sregs = fd.get_sregs().ok()?;
-            sregs.cs.base = 0;
-            sregs.cs.selector = 0;
-            fd.set_sregs(&sregs).ok()?;
-            fd.set_regs(&kvm_regs {
-                rip: CODE_AT,
-                rflags: 0x2,
-                ..Default::default()
-            })
-            .ok()?;
-            Some((vm, memory, Vcpu { fd, index: 0 }))
+            crate::test_guest::real_mode_guest(&CODE, CODE_AT)
         }
 
         #[test]
