@@ -360,7 +360,12 @@ type AllowedIoctl = (libc::c_ulong, &'static str);
 fn ioctls(role: Role) -> Vec<AllowedIoctl> {
     // launch::tidy_up on a panic, wherever it happens.
     let tidy_up = (libc::TCSETS, "tidy-up: the terminal's modes back");
-    match role {
+    // env_logger (through anstream) asks whether stderr is a terminal each
+    // time it prints a line in colour, on whichever thread logs: without
+    // this, the first warning (or, with -v, the first vCPU's first exit)
+    // on a terminal would end lg.
+    let log_line = (libc::TCGETS, "a log line: is stderr a terminal?");
+    let mut allowed = match role {
         Role::Vcpu => vec![
             (KVM_RUN(), "running the guest"),
             (
@@ -403,7 +408,9 @@ fn ioctls(role: Role) -> Vec<AllowedIoctl> {
             ),
             tidy_up,
         ],
-    }
+    };
+    allowed.push(log_line);
+    allowed
 }
 
 /// A role's system calls.
