@@ -19,7 +19,11 @@
 //!   (port 0x3c0): power off;
 //! - `cf9`: 0x06 (reset CPU, full reset) to port 0xcf9: reset;
 //! - `serial`: writes a line to COM1 byte by byte, which lg prints on its
-//!   stdout, then powers off through port 0x3c0.
+//!   stdout, then powers off through port 0x3c0;
+//! - `quiet`: writes a line to COM1 and halts, with no exit after it: lg
+//!   keeps COM1's writes in KVM's coalesced ring until an exit, so only the
+//!   ring's periodic replay can print this line (lg is killed after
+//!   `QUIET_LIMIT`).
 //!
 //! lg ends with status 0 after each clean exit and writes nothing on its
 //! stderr.
@@ -124,6 +128,23 @@ fn serial() -> Vec<u8> {
     code
 }
 
+/// What the `quiet` kernel prints.
+const QUIET_LINE: &[u8] = b"LG_TINY_QUIET\n";
+
+/// How long the `quiet` kernel's lg runs before it is killed (seconds).
+const QUIET_LIMIT: u32 = 10;
+
+/// A line to COM1's transmit register, then halt: no exit follows.
+fn quiet() -> Vec<u8> {
+    let [port_low, port_high] = 0x3f8u16.to_le_bytes();
+    let mut code = vec![0x66, 0xba, port_low, port_high]; // mov dx, 0x3f8
+    for &byte in QUIET_LINE {
+        code.extend_from_slice(&[0xb0, byte, 0xee]); // mov al, byte; out dx, al
+    }
+    code.extend_from_slice(&HALT_FOREVER);
+    code
+}
+
 /// An x86-64 executable ELF whose one loadable segment is `code`, loaded and
 /// entered at `LOAD_ADDR`.
 fn elf(code: &[u8]) -> Vec<u8> {
@@ -165,12 +186,13 @@ fn elf(code: &[u8]) -> Vec<u8> {
 type Code = fn() -> Vec<u8>;
 
 /// Each tiny kernel: its name (case and file) and its code.
-const KERNELS: [(&str, Code); 5] = [
+const KERNELS: [(&str, Code); 6] = [
     ("triple", triple),
     ("i8042", i8042),
     ("acpi_off", acpi_off),
     ("cf9", cf9),
     ("serial", serial),
+    ("quiet", quiet),
 ];
 
 /// Writes every tiny kernel into a fresh directory, `NAME.elf` each.
@@ -197,9 +219,16 @@ fn test_host() -> &'static TestHostRun {
         let kernels = build_kernels();
         let mut body = LG_TINY.to_string();
         for (name, _) in KERNELS {
-            body.push_str(&format!(
-                "lg_tiny {name} run {MEMORY_MIB} /tiny/{name}.elf\n"
-            ));
+            let run = format!("lg_tiny {name} run {MEMORY_MIB} /tiny/{name}.elf\n");
+            if name == "quiet" {
+                // The guest never ends itself: a short limit of its own.
+                body.push_str(&format!(
+                    "lg_fail_limit={QUIET_LIMIT}\n{run}lg_fail_limit={}\n",
+                    lg_e2e::FAIL_LIMIT.as_secs()
+                ));
+            } else {
+                body.push_str(&run);
+            }
         }
         let run = TestHost::new()
             .file(&kernels, "/tiny")
@@ -283,6 +312,29 @@ fn bytes_written_to_com1_reach_lgs_stdout() {
         ["LG_TINY_OK"],
         "the guest's line should appear on lg's stdout, whole and once\n{}",
         serial.describe()
+    );
+}
+
+#[test]
+fn bytes_written_just_before_the_guest_goes_quiet_still_reach_lgs_stdout() {
+    let quiet = case(&test_host().output, "quiet");
+    assert_eq!(
+        quiet.status,
+        Some(lg_e2e::KILLED_BY_TIMEOUT),
+        "the quiet kernel halts for good, so lg runs until it is killed\n{}",
+        quiet.describe()
+    );
+    let printed: Vec<&String> = quiet
+        .console
+        .iter()
+        .filter(|line| line.contains("LG_TINY"))
+        .collect();
+    assert_eq!(
+        printed,
+        ["LG_TINY_QUIET"],
+        "a line the guest wrote before going quiet should reach lg's stdout, whole \
+         and once, though no exit followed it\n{}",
+        quiet.describe()
     );
 }
 
