@@ -125,17 +125,23 @@ const TESTHOST_MB: u32 = 4096;
 const QEMU_INSIDE: &str = "/usr/bin/qemu-system-x86_64";
 
 /// The firmware `qemu-system-x86_64 -enable-kvm` opens for `-M pc` (SeaBIOS,
-/// the kvmvapic and linuxboot option ROMs) and `-M microvm` (qboot, behind
-/// its `bios-microvm.bin` link), as `strace -f -e trace=openat` shows with
-/// `-nodefaults`: no VGA BIOS, no network boot ROMs (virtio-net-pci gets
-/// `romfile=`: nothing here boots from the network).
+/// the kvmvapic and linuxboot option ROMs) and `-M microvm` (its
+/// `bios-microvm.bin`; qboot's ROM as well), as `strace -f -e trace=openat`
+/// shows with `-nodefaults`: no VGA BIOS, no network boot ROMs
+/// (virtio-net-pci gets `romfile=`: nothing here boots from the network).
 const QEMU_FIRMWARE: [&str; 5] = [
-    "/usr/share/seabios/bios-256k.bin",
-    "/usr/share/qemu/kvmvapic.bin",
-    "/usr/share/qemu/linuxboot_dma.bin",
-    "/usr/share/qemu/bios-microvm.bin",
-    "/usr/share/qemu/qboot.rom",
+    "bios-256k.bin",
+    "kvmvapic.bin",
+    "linuxboot_dma.bin",
+    "bios-microvm.bin",
+    "qboot.rom",
 ];
+
+/// Where Debian's QEMU looks for firmware, in its order (its
+/// `--firmwarepath`): each file goes into the test host where it was found
+/// here. QEMU 7.2 links SeaBIOS's files into `/usr/share/qemu`; the
+/// backports' QEMU 10 finds them in `/usr/share/seabios` alone.
+const QEMU_FIRMWARE_DIRS: [&str; 2] = ["/usr/share/qemu", "/usr/share/seabios"];
 
 /// The shell functions the scripts are made of.
 const FUNCTIONS: &str = include_str!("bench/functions.sh");
@@ -597,12 +603,19 @@ fn qemu_files() -> Result<Vec<(PathBuf, String)>, Error> {
         files.push((library, inside));
     }
     for firmware in QEMU_FIRMWARE {
-        if !Path::new(firmware).exists() {
-            return Err(Error::new(format!(
-                "{firmware} is missing (Debian's qemu-system-data and seabios have it)"
-            )));
-        }
-        files.push((PathBuf::from(firmware), firmware.to_string()));
+        let found = QEMU_FIRMWARE_DIRS
+            .iter()
+            .map(|dir| Path::new(dir).join(firmware))
+            .find(|path| path.exists())
+            .ok_or_else(|| {
+                Error::new(format!(
+                    "QEMU's {firmware} is in none of {} (Debian's qemu-system-data and \
+                     seabios have it)",
+                    QEMU_FIRMWARE_DIRS.join(", ")
+                ))
+            })?;
+        let inside = found.to_string_lossy().into_owned();
+        files.push((found, inside));
     }
     // Each as the file it is, not as a link: `/lib64/ld-linux-x86-64.so.2`
     // is a link on this machine, and packed as one it would replace the
