@@ -35,17 +35,26 @@ pub struct Soak {
 /// The test host's script: the kill cycles, then the boots, each reported
 /// on a `LG_SOAK` line.
 const SCRIPT: &str = r#"
-K="/kit/bzImage --initrd=/kit/initrd.cpio.gz console=ttyS0 panic=-1 quiet"
-# Waits up to $2 tenths of a second for /tmp/cycle.out to match $1.
+# Not quiet: a guest that fails early leaves its last kernel messages in
+# the console tail below (with the serial port's bytes kept in KVM's ring
+# they cost little).
+K="/kit/bzImage --initrd=/kit/initrd.cpio.gz console=ttyS0 panic=-1"
+# Whether process $1 is still running: busybox's `kill -0` also says yes
+# to a zombie, which an lg that ended on its own is until `wait`.
+running() {
+	grep -q '^State:[[:space:]]*[^Z]' /proc/$1/status 2>/dev/null
+}
+# Waits up to $3 tenths of a second for /tmp/cycle.out to match $1, or for
+# lg ($2) to end without it (a guest that crashed at boot).
 wait_for() {
 	waited=0
-	while ! grep -q "$1" /tmp/cycle.out && [ $waited -lt $2 ]; do
+	while ! grep -q "$1" /tmp/cycle.out && [ $waited -lt $3 ] && running $2; do
 		sleep 0.1
 		waited=$((waited + 1))
 	done
 }
 console_tail() {
-	tail -n 15 /tmp/cycle.out | sed "s/^/LG_SOAK_CONSOLE $1 /"
+	tail -n 25 /tmp/cycle.out | sed "s/^/LG_SOAK_CONSOLE $1 /"
 }
 previous=0
 cycle=1
@@ -56,7 +65,7 @@ while [ $cycle -le KILLS ]; do
 	: >/tmp/cycle.out
 	lg run --block=/disk/root.img 256 $K lgtest=syncloop </dev/null >/tmp/cycle.out 2>&1 &
 	pid=$!
-	wait_for 'LG_SYNCED=\|LG_MOUNT_FAILED' 3000
+	wait_for 'LG_SYNCED=\|LG_MOUNT_FAILED' $pid 3000
 	sleep $((RANDOM % 2)).$((RANDOM % 10))
 	kill -9 $pid
 	wait $pid 2>/dev/null
