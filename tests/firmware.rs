@@ -113,16 +113,22 @@ fn cf9() -> Vec<u8> {
     code
 }
 
-/// A line to COM1's transmit register, then power off.
-fn serial() -> Vec<u8> {
+/// `line` to COM1's transmit register, byte by byte, without polling LSR.
+fn com1_line(line: &[u8]) -> Vec<u8> {
     let [port_low, port_high] = 0x3f8u16.to_le_bytes();
     let mut code = vec![0x66, 0xba, port_low, port_high]; // mov dx, 0x3f8
-    for &byte in SERIAL_LINE {
+    for &byte in line {
         code.extend_from_slice(&[
             0xb0, byte, // mov al, byte
             0xee, // out dx, al
         ]);
     }
+    code
+}
+
+/// A line to COM1's transmit register, then power off.
+fn serial() -> Vec<u8> {
+    let mut code = com1_line(SERIAL_LINE);
     code.extend_from_slice(&acpi_power_off());
     code.extend_from_slice(&HALT_FOREVER);
     code
@@ -136,11 +142,7 @@ const QUIET_LIMIT: u32 = 10;
 
 /// A line to COM1's transmit register, then halt: no exit follows.
 fn quiet() -> Vec<u8> {
-    let [port_low, port_high] = 0x3f8u16.to_le_bytes();
-    let mut code = vec![0x66, 0xba, port_low, port_high]; // mov dx, 0x3f8
-    for &byte in QUIET_LINE {
-        code.extend_from_slice(&[0xb0, byte, 0xee]); // mov al, byte; out dx, al
-    }
+    let mut code = com1_line(QUIET_LINE);
     code.extend_from_slice(&HALT_FOREVER);
     code
 }
@@ -299,16 +301,19 @@ fn the_cf9_register_resets_the_guest() {
     assert_clean_exit("cf9", "0x06 to port 0xcf9");
 }
 
+/// The console lines a tiny kernel printed (theirs all start `LG_TINY`).
+fn tiny_lines(run: &Case) -> Vec<&String> {
+    run.console
+        .iter()
+        .filter(|line| line.contains("LG_TINY"))
+        .collect()
+}
+
 #[test]
 fn bytes_written_to_com1_reach_lgs_stdout() {
     let serial = assert_clean_exit("serial", "a line to COM1, then S5");
-    let printed: Vec<&String> = serial
-        .console
-        .iter()
-        .filter(|line| line.contains("LG_TINY"))
-        .collect();
     assert_eq!(
-        printed,
+        tiny_lines(&serial),
         ["LG_TINY_OK"],
         "the guest's line should appear on lg's stdout, whole and once\n{}",
         serial.describe()
@@ -324,13 +329,8 @@ fn bytes_written_just_before_the_guest_goes_quiet_still_reach_lgs_stdout() {
         "the quiet kernel halts for good, so lg runs until it is killed\n{}",
         quiet.describe()
     );
-    let printed: Vec<&String> = quiet
-        .console
-        .iter()
-        .filter(|line| line.contains("LG_TINY"))
-        .collect();
     assert_eq!(
-        printed,
+        tiny_lines(&quiet),
         ["LG_TINY_QUIET"],
         "a line the guest wrote before going quiet should reach lg's stdout, whole \
          and once, though no exit followed it\n{}",

@@ -264,15 +264,13 @@ impl ExitHandler for Platform {
             [byte] if w.pio && w.address == u64::from(COM1_PORT) => Some(*byte),
             _ => None,
         };
-        if writes.iter().all(|w| serial_bytes(w).is_some()) {
-            let mut serial = lock(&self.serial);
-            serial
-                .uart
-                .write_batch(writes.iter().filter_map(serial_bytes).map(|b| (0, b)));
-            serial.follow_transmit_interrupt();
-            return PortAction::Continue;
-        }
-        switcher::run::each_coalesced_write(self, writes)
+        let Some(bytes) = writes.iter().map(serial_bytes).collect::<Option<Vec<u8>>>() else {
+            return switcher::run::each_coalesced_write(self, writes);
+        };
+        let mut serial = lock(&self.serial);
+        serial.uart.write_batch(bytes.into_iter().map(|b| (0, b)));
+        serial.follow_transmit_interrupt();
+        PortAction::Continue
     }
 
     fn vcpu_thread_started(&self, _index: u8) -> Result<(), String> {
