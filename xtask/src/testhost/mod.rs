@@ -130,6 +130,12 @@ impl TestHostError {
             | TestHostError::NoStatus { output, .. } => output,
         }
     }
+
+    /// Whether QEMU ended because the test host's own kernel panicked.
+    fn test_host_panicked(&self) -> bool {
+        matches!(self, TestHostError::NoStatus { qemu, output, .. }
+            if qemu.starts_with("QEMU exit") && output.contains(TEST_HOST_PANIC))
+    }
 }
 
 /// What the test host's kernel prints as it panics (with `panic=-1` and
@@ -137,14 +143,6 @@ impl TestHostError {
 /// words, but lg then exits and the test host reports its status, so only
 /// a run with no status counts.
 const TEST_HOST_PANIC: &str = "Kernel panic - not syncing";
-
-impl TestHostError {
-    /// Whether QEMU ended because the test host's own kernel panicked.
-    fn test_host_panicked(&self) -> bool {
-        matches!(self, TestHostError::NoStatus { qemu, output, .. }
-            if qemu.starts_with("QEMU exit") && output.contains(TEST_HOST_PANIC))
-    }
-}
 
 /// Appends a retried crash to `target/testhost/crashes.log`, so that their
 /// rate stays visible after the run that retried them passed.
@@ -285,9 +283,10 @@ impl TestHost {
     pub fn run(&self, shell_command: &str) -> Result<TestHostRun, TestHostError> {
         let base = self.base()?;
         match self.boot(&base, Some(shell_command), false) {
-            Err(crash @ TestHostError::NoStatus { .. }) if crash.test_host_panicked() => {
+            Err(crash) if crash.test_host_panicked() => {
                 progress(format!(
-                    "testhost: the test host's own kernel panicked, so it is booted once more;                      the first boot's console ended with:{}",
+                    "testhost: the test host's own kernel panicked, so it is booted once more; \
+                     the first boot's console ended with:{}",
                     tail(crash.output())
                 ));
                 record_crash(shell_command, &crash);
