@@ -16,7 +16,7 @@
 use std::sync::OnceLock;
 
 use lg_e2e::{script, test_host_limit};
-use xtask::soak::{self, Soak};
+use xtask::soak::{self, Boot, Soak};
 use xtask::{Echo, Kit, TestHost, TestHostRun};
 
 /// How many times lg is killed: the block issue's "at least 20 times".
@@ -68,6 +68,8 @@ fn synced_data_survives_kill_nine_twenty_times() {
         Soak {
             kills: KILL_CYCLES,
             boots: 0,
+            control: Boot::Lg,
+            trace: false,
         },
         Echo::Lines,
     )

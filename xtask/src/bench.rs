@@ -593,7 +593,7 @@ fn many_script(gap: u32, one: bool) -> String {
 }
 
 /// QEMU and what it needs, as (file on this machine, path in the test host).
-fn qemu_files() -> Result<Vec<(PathBuf, String)>, Error> {
+pub(crate) fn qemu_files() -> Result<Vec<(PathBuf, String)>, Error> {
     command::ensure_debian_packages(&[("qemu-system-x86_64", "qemu-system-x86")])?;
     let binary = command::find_in_path("qemu-system-x86_64")
         .ok_or_else(|| Error::new("qemu-system-x86_64 is not on PATH"))?;

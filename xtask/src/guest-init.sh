@@ -37,8 +37,9 @@
 #                      it takes each from its driver and attacks it, printing LG_HOSTILE lines and
 #                      LG_HOSTILE_DONE), print LG_HOSTILE_STATUS=<its exit status>, give the devices back
 #                      to virtio-pci, then print LG_HOSTILE_RNG_AFTER=<16 bytes of /dev/hwrng in hex>,
-#                      LG_HOSTILE_DISK_AFTER=<the first 8 bytes of /dev/vda>, write LG_HOSTILE_VIA_HVC0
-#                      to /dev/hvc0, power off
+#                      LG_HOSTILE_DISK_AFTER=<the first 8 bytes of /dev/vda>, when net was attacked
+#                      LG_HOSTILE_NET_AFTER=ok|fail (its gateway from ip= answers a ping), write
+#                      LG_HOSTILE_VIA_HVC0 to /dev/hvc0, power off
 #   root=/dev/vda      (with no lgtest, or lgtest=rootfs) switch to that disk's /sbin/init
 #   anything else      a busybox shell on the console; leaving it powers off
 # When the kernel's console is hvc0 (console=hvc0), init also writes
@@ -277,14 +278,24 @@ hostile)
 	for addr in $(sed -n 's/^LG_HOSTILE_DEVICE [^ ]* //p' /tmp/hostile.out); do
 		echo "$addr" >/sys/bus/pci/drivers/virtio-pci/bind
 	done
+	# The network card, when attacked, comes back as a new eth0 with no
+	# address: it waits for that too, and gets ip='s address again.
+	case " $devices " in
+	*" net "*) net=/sys/class/net/$device ;;
+	*) net=/ ;;
+	esac
 	tries=0
-	until { [ -c /dev/hwrng ] && [ -b /dev/vda ] && [ -c /dev/hvc0 ]; } || [ $tries -ge 10 ]; do
+	until { [ -c /dev/hwrng ] && [ -b /dev/vda ] && [ -c /dev/hvc0 ] && [ -e $net ]; } || [ $tries -ge 10 ]; do
 		sleep 1
 		tries=$((tries + 1))
 	done
 	# timeout: a device that never answers must not hang the guest.
 	report "LG_HOSTILE_RNG_AFTER=$(timeout 10 dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')"
 	report "LG_HOSTILE_DISK_AFTER=$(timeout 10 dd if=/dev/vda bs=8 count=1 2>/dev/null)"
+	if [ $net != / ]; then
+		ifconfig "$device" "$client" netmask "${netmask:-255.255.255.0}" up
+		if reach "$gateway"; then report LG_HOSTILE_NET_AFTER=ok; else report LG_HOSTILE_NET_AFTER=fail; fi
+	fi
 	echo LG_HOSTILE_VIA_HVC0 >/dev/hvc0
 	poweroff -f
 	;;

@@ -10,7 +10,9 @@
 //! such as `0000:00:03.0`) it unbinds the driver, enables the PCI function,
 //! finds the virtio structures through the capability list in `config`, and
 //! maps the BAR from `resourceN`. Then it plays a driver: reset,
-//! ACKNOWLEDGE, DRIVER, features, FEATURES_OK, one queue, DRIVER_OK, with
+//! ACKNOWLEDGE, DRIVER, features, FEATURES_OK, the attacked queue (and a
+//! network card's receive queue, empty, since lg starts a card only with
+//! both), DRIVER_OK, with
 //! rings in memory it pinned (`mlock`) and whose guest-physical frames it
 //! read from `/proc/self/pagemap` (root sees them).
 //!
@@ -101,6 +103,9 @@ const OUTSIDE_RAM: u64 = 1 << 40;
 /// on its standard output, where a test finds it (possibly in the middle of
 /// a line of the serial console's, which shares that output).
 const CONSOLE_TEXT: &[u8] = b"LG_HOSTILE_HVC_TRANSMIT\n";
+/// A virtio_net_hdr_v1's size: what precedes each frame on a network
+/// card's queues once VIRTIO_F_VERSION_1 is negotiated.
+const NET_HEADER: usize = 12;
 /// How long a device gets to react to a kick.
 const REACTION: Duration = Duration::from_secs(2);
 
@@ -241,7 +246,12 @@ const DESC_PAGE: usize = 0;
 const AVAIL_PAGE: usize = 1;
 const USED_PAGE: usize = 2;
 const DATA_PAGE: usize = 3;
-const PAGES: usize = 4;
+/// A network card's receive queue: lg starts a card only with both of its
+/// queues, so this one is set up, valid and empty, beside the attacked one.
+const RX_DESC_PAGE: usize = 4;
+const RX_AVAIL_PAGE: usize = 5;
+const RX_USED_PAGE: usize = 6;
+const PAGES: usize = 7;
 
 /// A queue's three areas, as written to the device.
 #[derive(Clone, Copy)]
@@ -463,10 +473,14 @@ impl Device {
         self.bar.write16(c + QUEUE_ENABLE, 1);
     }
 
-    /// The whole handshake with one queue; returns the status after
+    /// The whole handshake with the attacked queue (and `quiet`, the other
+    /// queues the device needs to start, if any); returns the status after
     /// DRIVER_OK.
-    fn start(&self, rings: Rings) -> u8 {
+    fn start(&self, rings: Rings, quiet: &[(u16, Rings)]) -> u8 {
         self.negotiate();
+        for (queue, rings) in quiet {
+            self.program_queue(*queue, *rings);
+        }
         self.program_queue(self.kind.queue(), rings);
         self.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         self.status()
@@ -580,6 +594,28 @@ impl Attacker<'_> {
         }
     }
 
+    /// The queues besides the attacked one that the device needs before it
+    /// starts, each with valid, empty rings.
+    fn quiet_queues(&self) -> Vec<(u16, Rings)> {
+        match self.dev.kind {
+            Kind::Net => vec![(
+                0,
+                Rings {
+                    size: QUEUE,
+                    desc: self.dma.phys(RX_DESC_PAGE, 0),
+                    avail: self.dma.phys(RX_AVAIL_PAGE, 0),
+                    used: self.dma.phys(RX_USED_PAGE, 0),
+                },
+            )],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Starts the device with `rings` on the attacked queue.
+    fn start(&self, rings: Rings) -> u8 {
+        self.dev.start(rings, &self.quiet_queues())
+    }
+
     fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let at = usize::from(i) * 16;
         self.dma.write(DESC_PAGE, at, addr);
@@ -635,18 +671,24 @@ impl Attacker<'_> {
                 self.desc(1, data + 512, 512, DESC_WRITE | DESC_NEXT, 2);
                 self.desc(2, data + 1024, 1, DESC_WRITE, 0);
             }
-            Kind::Console | Kind::Net => {
-                let text = CONSOLE_TEXT;
-                for (i, b) in text.iter().enumerate() {
+            Kind::Console => {
+                for (i, b) in CONSOLE_TEXT.iter().enumerate() {
                     self.dma.write(DATA_PAGE, i, *b);
                 }
-                let len = if self.dev.kind == Kind::Net {
-                    // A virtio_net_hdr_v1 of zeros and a minimal frame.
-                    64
-                } else {
-                    text.len() as u32
-                };
-                self.desc(0, data, len, 0, 0);
+                self.desc(0, data, CONSOLE_TEXT.len() as u32, 0, 0);
+            }
+            Kind::Net => {
+                // A virtio_net_hdr_v1 of zeros (no offloads: the page was
+                // cleared), then a broadcast frame of the local
+                // experimental ethertype, which the host ignores.
+                let frame: [u8; 14] = [
+                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 1, 0x88, 0xb5,
+                ];
+                for (i, b) in frame.iter().chain(CONSOLE_TEXT).enumerate() {
+                    self.dma.write(DATA_PAGE, NET_HEADER + i, *b);
+                }
+                let len = NET_HEADER + frame.len() + CONSOLE_TEXT.len();
+                self.desc(0, data, len as u32, 0, 0);
             }
             Kind::Rng | Kind::Other(_) => self.desc(0, data, 64, DESC_WRITE, 0),
         }
@@ -667,7 +709,7 @@ impl Attacker<'_> {
 
     /// A chain of descriptors made available and kicked; the status after.
     fn bad_chain(&self, write: impl Fn(&Self), heads: &[u16], idx: u16) -> String {
-        let status = self.dev.start(self.rings(QUEUE));
+        let status = self.start(self.rings(QUEUE));
         if status & DEVICE_NEEDS_RESET != 0 {
             return format!("status={status:#04x} (broken before the attack)");
         }
@@ -681,7 +723,7 @@ impl Attacker<'_> {
         self.dma.clear();
         let line = match attack {
             "good-request" => {
-                let status = self.dev.start(self.rings(QUEUE));
+                let status = self.start(self.rings(QUEUE));
                 if status & DEVICE_NEEDS_RESET != 0 {
                     format!("status={status:#04x} (broken at DRIVER_OK)")
                 } else {
@@ -750,7 +792,7 @@ impl Attacker<'_> {
             "avail-idx-jump" => self.bad_chain(|_| {}, &[], QUEUE + 10),
             "avail-head-out-of-range" => self.bad_chain(|_| {}, &[QUEUE + 100], 1),
             "notify-missing-queue" => {
-                let status = self.dev.start(self.rings(QUEUE));
+                let status = self.start(self.rings(QUEUE));
                 if status & DEVICE_NEEDS_RESET != 0 {
                     format!("status={status:#04x} (broken at DRIVER_OK)")
                 } else {
@@ -781,6 +823,9 @@ impl Attacker<'_> {
                     );
                     sizes.push(self.dev.bar.read16(c + QUEUE_SIZE));
                 }
+                for (queue, rings) in self.quiet_queues() {
+                    self.dev.program_queue(queue, rings);
+                }
                 self.dev
                     .program_queue(self.dev.kind.queue(), self.rings(QUEUE));
                 self.dev
@@ -810,7 +855,7 @@ impl Attacker<'_> {
     }
 
     fn start_and_wait(&self, rings: Rings) -> String {
-        self.dev.start(rings);
+        self.start(rings);
         format!("status={:#04x}", self.wait(0))
     }
 }

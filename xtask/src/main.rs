@@ -63,11 +63,14 @@ usage: cargo xtask <command>
         minutes on 2 cores, then nothing until lg.config or the source
         changes; a good build is kept in the machine's cache ($LG_CACHE_DIR,
         else $XDG_CACHE_HOME/lg, else ~/.cache/lg) for every checkout
-  soak [--kills N] [--boots N]
+  soak [--kills N] [--boots N] [--control qemu] [--trace]
         reliability, counted, in one test host (not CI: tens of minutes):
         N times (default 100) kill lg with SIGKILL while its guest syncs
         writes to a disk, then check the image with e2fsck and that the
-        synced data is there; and N boots to /init (default 100)
+        synced data is there; and N boots to /init (default 100).
+        --control qemu: the boots with QEMU -M pc instead of lg, the test
+        host's own failure rate; --trace: print the test host KVM's last
+        trace events for a failing boot
   fuzz [--seconds N] [--target NAME]
         build the fuzz targets in fuzz/ (cargo-fuzz, installed if missing)
         and run each for N seconds (default 60) on a copy of its seed
@@ -452,11 +455,13 @@ fn bench(args: &[String]) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// `cargo xtask soak [--kills N] [--boots N]`
+/// `cargo xtask soak [--kills N] [--boots N] [--control qemu] [--trace]`
 fn soak(args: &[String]) -> Result<i32, Error> {
     let mut soak = xtask::soak::Soak {
         kills: 100,
         boots: 100,
+        control: xtask::soak::Boot::Lg,
+        trace: false,
     };
     let mut words = args.iter();
     while let Some(word) = words.next() {
@@ -468,9 +473,14 @@ fn soak(args: &[String]) -> Result<i32, Error> {
         match word.as_str() {
             "--kills" => soak.kills = count(words.next())?,
             "--boots" => soak.boots = count(words.next())?,
+            "--control" => match words.next().map(String::as_str) {
+                Some("qemu") => soak.control = xtask::soak::Boot::Qemu,
+                _ => return Err(Error::new("soak: --control takes `qemu`")),
+            },
+            "--trace" => soak.trace = true,
             other => {
                 return Err(Error::new(format!(
-                    "soak: unknown argument `{other}` (usage: cargo xtask soak [--kills N] [--boots N])"
+                    "soak: unknown argument `{other}` (usage: cargo xtask soak [--kills N] [--boots N] [--control qemu] [--trace])"
                 )))
             }
         }
