@@ -99,6 +99,63 @@ unsafe impl Send for GuestMemory {}
 // DMA does, and no Rust reference to the bytes ever exists.
 unsafe impl Sync for GuestMemory {}
 
+/// The size of an x86-64 huge page (a page-directory entry's).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Maps `len` bytes of anonymous, lazily allocated memory starting on a
+/// huge-page boundary, and asks for transparent huge pages there.
+///
+/// Why: KVM maps a guest's 2 MiB stretch with one large nested page-table
+/// entry only when the host backs it with a huge page *and* the host
+/// address and the guest-physical address agree modulo 2 MiB. Guest
+/// address 0 sits at the mapping's start (and 4 GiB at an offset of 3
+/// GiB), so aligning the start aligns every region. The guest then takes
+/// one nested page fault per 2 MiB it touches instead of one per 4 KiB,
+/// and its TLB misses walk one level less. `MADV_HUGEPAGE` asks for huge
+/// pages where the host's policy is `madvise` (Ubuntu's, Fedora's); under
+/// `always` (Debian's) it changes nothing, and under `never` the advice is
+/// ignored. Memory stays lazy: a huge page is allocated when the guest
+/// first touches its 2 MiB, or 4 KiB pages when none is free.
+fn map_huge_page_aligned(len: usize) -> Result<NonNull<u8>, MemoryError> {
+    let bad_size = || MemoryError::BadSize(len as u64);
+    let reserve = len.checked_add(HUGE_PAGE).ok_or_else(bad_size)?;
+    // SAFETY: a fresh anonymous mapping at an address of the kernel's
+    // choosing overlaps nothing Rust owns; the result is checked below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            reserve,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(MemoryError::Mmap(std::io::Error::last_os_error()));
+    }
+    let base = addr as usize;
+    let start = base.next_multiple_of(HUGE_PAGE);
+    let head = start - base;
+    let tail = reserve - head - len;
+    // SAFETY: the two unmapped ranges lie inside the `reserve` bytes just
+    // mapped at `base`, outside the `len` bytes kept from `start`, and
+    // nothing refers to them (an empty one is skipped); the advice covers
+    // exactly the kept bytes, which nothing uses yet.
+    unsafe {
+        if head > 0 {
+            libc::munmap(addr, head);
+        }
+        if tail > 0 {
+            libc::munmap((start + len) as *mut libc::c_void, tail);
+        }
+        // Advice only: a kernel without transparent huge pages refuses it,
+        // and the guest runs on 4 KiB pages as before.
+        libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+    }
+    NonNull::new(start as *mut u8).ok_or_else(bad_size)
+}
+
 impl GuestMemory {
     /// Maps `ram_bytes` of guest RAM: from address 0 up to the 32-bit hole,
     /// and whatever does not fit below it from 4 GiB up.
@@ -120,22 +177,7 @@ impl GuestMemory {
             });
         }
         let mapping_len = ram_bytes as usize;
-        // SAFETY: a fresh anonymous mapping at an address of the kernel's
-        // choosing overlaps nothing Rust owns; the result is checked below.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mapping_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(MemoryError::Mmap(std::io::Error::last_os_error()));
-        }
-        let mapping = NonNull::new(addr.cast::<u8>()).ok_or(MemoryError::BadSize(ram_bytes))?;
+        let mapping = map_huge_page_aligned(mapping_len)?;
         Ok(GuestMemory {
             mapping,
             mapping_len,
@@ -299,6 +341,26 @@ mod tests {
         assert_eq!(mem.regions().len(), 1);
         assert_eq!(mem.regions()[0].guest_base, GuestAddress(0));
         assert_eq!(mem.end(), GuestAddress(64 * MIB));
+    }
+
+    #[test]
+    fn every_region_is_huge_page_aligned_in_guest_and_host_alike() {
+        for mib in [1, 3, 64, 3500] {
+            let mem = GuestMemory::new(mib * MIB).unwrap();
+            for region in mem.regions() {
+                let host = mem.mapping.as_ptr() as usize + region.mapping_offset;
+                assert_eq!(host % HUGE_PAGE, 0, "{mib} MiB: host address {host:#x}");
+                assert_eq!(region.guest_base.0 % HUGE_PAGE as u64, 0);
+            }
+            // The first and last bytes are mapped (the trimmed slack is not
+            // part of the RAM, and its end is not cut off).
+            let last = GuestAddress(mem.end().0 - 1);
+            mem.write(GuestAddress(0), &[7]).unwrap();
+            mem.write(last, &[9]).unwrap();
+            let mut byte = [0];
+            mem.read(last, &mut byte).unwrap();
+            assert_eq!(byte, [9]);
+        }
     }
 
     #[test]
