@@ -70,7 +70,7 @@ usage: cargo xtask <command>
         synced data is there; and N boots to /init (default 100).
         --control qemu: the boots with QEMU -M pc instead of lg, the test
         host's own failure rate; --trace: print the test host KVM's last
-        trace events for a failing boot
+        trace events for a failing cycle or boot
   fuzz [--seconds N] [--target NAME]
         build the fuzz targets in fuzz/ (cargo-fuzz, installed if missing)
         and run each for N seconds (default 60) on a copy of its seed

@@ -26,8 +26,8 @@
 //!   the nested, emulated platform itself, which lg's own rate is to be
 //!   read against.
 //! - `--trace` records the test host KVM's trace events (`kvm:*`) during
-//!   each boot, and a failing boot prints their last lines: the exits,
-//!   injected interrupts and exceptions that led to it.
+//!   each cycle and boot, and a failing one prints their last lines: the
+//!   exits, injected interrupts and exceptions that led to it.
 
 use std::fs;
 use std::time::Duration;
@@ -89,9 +89,25 @@ wait_for() {
 console_tail() {
 	tail -n 25 /tmp/cycle.out | sed "s/^/LG_SOAK_CONSOLE $1 /"
 }
+# --trace: the test host KVM's events, kept per cycle or boot in a ring
+# buffer.
+T=/sys/kernel/tracing
+trace=@TRACE@
+if [ $trace = yes ]; then
+	mount -t tracefs nodev $T 2>/dev/null
+	echo 8192 >$T/buffer_size_kb
+	echo 1 >$T/events/kvm/enable
+fi
+# Its last lines, without the unmapping of guest RAM as the VM is torn
+# down, which would fill the tail.
+trace_tail() {
+	[ $trace = yes ] && grep -v kvm_unmap_hva_range $T/trace | tail -n 300 |
+		sed "s/^/LG_SOAK_TRACE $1 /"
+}
 previous=0
 cycle=1
 while [ $cycle -le KILLS ]; do
+	[ $trace = yes ] && : >$T/trace
 	# Emptied here, not only by the redirection below: that happens in the
 	# background child, and wait_for could otherwise still read the last
 	# cycle's LG_SYNCED and kill this lg before its guest had started.
@@ -122,18 +138,11 @@ while [ $cycle -le KILLS ]; do
 	if [ -z "$found" ] || [ -z "$synced" ] || [ "$found" -lt "$previous" ] || [ $check != 0 ]; then
 		console_tail $cycle
 		sed "s/^/LG_SOAK_FSCK $cycle /" /tmp/fsck2.out | tail -n 10
+		trace_tail $cycle
 	fi
 	[ -n "$synced" ] && previous=$synced
 	cycle=$((cycle + 1))
 done
-# --trace: the test host KVM's events, kept per boot in a ring buffer.
-T=/sys/kernel/tracing
-trace=@TRACE@
-if [ $trace = yes ]; then
-	mount -t tracefs nodev $T 2>/dev/null
-	echo 8192 >$T/buffer_size_kb
-	echo 1 >$T/events/kvm/enable
-fi
 boot=1
 while [ $boot -le BOOTS ]; do
 	[ $trace = yes ] && : >$T/trace
@@ -148,10 +157,7 @@ while [ $boot -le BOOTS ]; do
 	echo "LG_SOAK boot $boot status=$status init=$init down=$down"
 	if [ $status != 0 ] || [ $init != yes ] || [ $down != yes ]; then
 		console_tail boot-$boot
-		# Without the unmapping of guest RAM as the VM is torn down,
-		# which would fill the tail.
-		[ $trace = yes ] && grep -v kvm_unmap_hva_range $T/trace | tail -n 300 |
-			sed "s/^/LG_SOAK_TRACE boot-$boot /"
+		trace_tail boot-$boot
 	fi
 	boot=$((boot + 1))
 done
