@@ -410,7 +410,7 @@ mod tests {
         use virtio_pci::VirtioPciDevice;
 
         use crate::request::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
-        use crate::test_driver::{header, GuestDriver, DESC_TABLE};
+        use crate::test_driver::{header, BlockReply, GuestDriver, Layout};
 
         let file = TempFile::new(&vec![0; 64 * 1024]);
         let memory = Arc::new(GuestMemory::new(1 << 20).unwrap());
@@ -439,10 +439,10 @@ mod tests {
         write(offset::DRIVER_FEATURE, &1u32.to_le_bytes()); // VERSION_1
         let features_ok = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
         write(offset::DEVICE_STATUS, &[features_ok]);
-        let mut driver = GuestDriver::with_memory(Arc::clone(&memory), 16);
+        let mut driver = GuestDriver::in_memory(Arc::clone(&memory), 16, Layout::ONLY_QUEUE);
         write(offset::QUEUE_SELECT, &0u16.to_le_bytes());
         write(offset::QUEUE_SIZE, &16u16.to_le_bytes());
-        write(offset::QUEUE_DESC, &u32_at(DESC_TABLE));
+        write(offset::QUEUE_DESC, &u32_at(driver.desc_table));
         write(offset::QUEUE_DRIVER, &u32_at(driver.avail_ring));
         write(offset::QUEUE_DEVICE, &u32_at(driver.used_ring));
         write(offset::QUEUE_ENABLE, &1u16.to_le_bytes());

@@ -248,7 +248,7 @@ mod tests {
         VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
         VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
     };
-    use crate::test_driver::{header, segment, GuestDriver, Posted, TempFile};
+    use crate::test_driver::{header, segment, BlockReply, GuestDriver, Posted, TempFile};
 
     const IOERR: u8 = VIRTIO_BLK_S_IOERR;
     const OK: u8 = VIRTIO_BLK_S_OK;

@@ -272,8 +272,8 @@ mod tests {
                 host,
                 pin,
                 stats,
-                rxd: GuestDriver::new(Arc::clone(&memory), QUEUE_SIZE, RX_LAYOUT),
-                txd: GuestDriver::new(memory, QUEUE_SIZE, TX_LAYOUT),
+                rxd: GuestDriver::in_memory(Arc::clone(&memory), QUEUE_SIZE, RX_LAYOUT),
+                txd: GuestDriver::in_memory(memory, QUEUE_SIZE, TX_LAYOUT),
             };
             machine.write(
                 offset::DEVICE_STATUS,
@@ -303,7 +303,7 @@ mod tests {
 
         fn ring_addresses(&self, rx: bool) -> [u64; 3] {
             let d = if rx { &self.rxd } else { &self.txd };
-            [d.desc_table(), d.avail_ring, d.used_ring]
+            [d.desc_table, d.avail_ring, d.used_ring]
         }
 
         fn write(&mut self, at: u64, bytes: &[u8]) {

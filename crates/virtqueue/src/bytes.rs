@@ -276,9 +276,9 @@ mod tests {
         writer.write_obj(&0x0102_0304_0506_0708u64).unwrap();
         writer.write_slice(b"abcd").unwrap();
         assert_eq!((writer.bytes_written(), writer.remaining()), (12, 0));
-        assert_eq!(driver.read_bytes(posted.writable[0], 5), [8, 7, 6, 5, 4]);
+        assert_eq!(driver.read_bytes(posted.writable[0].0, 5), [8, 7, 6, 5, 4]);
         assert_eq!(
-            driver.read_bytes(posted.writable[1], 7),
+            driver.read_bytes(posted.writable[1].0, 7),
             [3, 2, 1, b'a', b'b', b'c', b'd']
         );
     }

@@ -23,6 +23,9 @@
 //! indices and notifications), `chain.rs` (the checking), `bytes.rs` (what a
 //! device does with a chain), `error.rs` (every way a guest can get it
 //! wrong).
+//!
+//! The `test-util` feature exports `test_driver`, the tests' guest driver,
+//! so that the devices' tests drive their queues with this crate's own.
 
 mod bytes;
 mod chain;
@@ -31,8 +34,8 @@ pub mod features;
 mod queue;
 pub mod ring;
 
-#[cfg(test)]
-mod test_driver;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_driver;
 
 pub use bytes::{Reader, Writer};
 pub use chain::{Buffer, DescriptorChain};

@@ -508,8 +508,8 @@ mod tests {
             .unwrap();
 
         assert_eq!(driver.take_used(), Some((u32::from(posted.head), 12)));
-        assert_eq!(driver.read_bytes(posted.writable[0], 4), b"HELL");
-        assert_eq!(driver.read_bytes(posted.writable[1], 8), b"O WORLD!");
+        assert_eq!(driver.read_bytes(posted.writable[0].0, 4), b"HELL");
+        assert_eq!(driver.read_bytes(posted.writable[1].0, 8), b"O WORLD!");
         assert!(queue.pop(&driver.mem).unwrap().is_none());
         assert_eq!(driver.take_used(), None);
     }

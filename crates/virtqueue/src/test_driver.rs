@@ -1,35 +1,62 @@
-//! A guest driver in miniature, for the tests: it lays out the rings in a
-//! 1 MiB guest the way Linux's virtio_ring does, adds chains, publishes
-//! them, and reads back the used ring.
+//! A guest driver in miniature, for the tests of this crate and of the
+//! devices built on it (`test-util` feature): it lays out the rings in guest
+//! RAM the way Linux's virtio_ring does, adds chains, publishes them, and
+//! reads back the used ring and the buffers the device wrote.
 //!
 //! It computes every offset itself, from the spec's struct layouts, rather
 //! than borrowing the crate's `ring::offsets`: a shared mistake would
 //! otherwise pass unnoticed.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
 
 use shadow_mmu::{GuestAddress, GuestMemory};
 
 use crate::ring::{VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use crate::Queue;
 
+/// The RAM of the guest [`GuestDriver::new`] makes.
 pub const RAM: u64 = 1 << 20;
-/// Where the descriptor table starts; the rings follow it.
-const DESC_TABLE: u64 = 0x1000;
-/// Buffers are handed out from here to the end of RAM.
-const DATA: u64 = 0x8_0000;
+
+/// Where one queue lives in the test guest: its descriptor table (the rings
+/// follow it) and the span its buffers are allocated from. Two queues given
+/// disjoint layouts can share one guest.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub desc_table: u64,
+    pub data: Range<u64>,
+}
+
+impl Layout {
+    /// The one queue of a [`RAM`]-sized guest, its buffers in the upper half.
+    pub const ONLY_QUEUE: Layout = Layout {
+        desc_table: 0x1000,
+        data: 0x8_0000..RAM,
+    };
+}
 
 /// A chain as the driver added it.
 pub struct Posted {
     pub head: u16,
-    /// Address of each writable buffer, in order.
-    pub writable: Vec<u64>,
+    /// Address and length of each writable buffer, in order.
+    pub writable: Vec<(u64, u32)>,
+}
+
+impl Posted {
+    /// The first `len` bytes of the writable buffers.
+    pub fn contents(&self, driver: &GuestDriver, len: usize) -> Vec<u8> {
+        driver.gather(&self.writable, len)
+    }
 }
 
 pub struct GuestDriver {
-    pub mem: GuestMemory,
+    pub mem: Arc<GuestMemory>,
     pub size: u16,
     pub desc_table: u64,
     pub avail_ring: u64,
     pub used_ring: u64,
+    data: Range<u64>,
     /// The next descriptor to hand out (in a ring: the tests keep few chains
     /// in flight).
     next_desc: u16,
@@ -38,24 +65,36 @@ pub struct GuestDriver {
     /// The next used index the driver has not looked at.
     last_used: u16,
     next_data: u64,
+    /// Each head's writable buffers, as last posted: the used ring names a
+    /// chain only by its head.
+    writable: HashMap<u16, Vec<(u64, u32)>>,
 }
 
 impl GuestDriver {
+    /// A driver alone in a guest of its own, [`RAM`] bytes.
     pub fn new(size: u16) -> GuestDriver {
-        let desc_table = DESC_TABLE;
-        let avail_ring = desc_table + 16 * u64::from(size);
+        let mem = Arc::new(GuestMemory::new(RAM).unwrap());
+        GuestDriver::in_memory(mem, size, Layout::ONLY_QUEUE)
+    }
+
+    /// A driver laying out its queue in `mem` as `layout` says, so that a
+    /// device or a second queue can share the guest.
+    pub fn in_memory(mem: Arc<GuestMemory>, size: u16, layout: Layout) -> GuestDriver {
+        let avail_ring = layout.desc_table + 16 * u64::from(size);
         let used_ring = (avail_ring + 6 + 2 * u64::from(size) + 3) & !3;
-        assert!(used_ring + 6 + 8 * u64::from(size) <= DATA);
+        assert!(used_ring + 6 + 8 * u64::from(size) <= layout.data.start);
         GuestDriver {
-            mem: GuestMemory::new(RAM).unwrap(),
+            mem,
             size,
-            desc_table,
+            desc_table: layout.desc_table,
             avail_ring,
             used_ring,
             next_desc: 0,
             avail_idx: 0,
             last_used: 0,
-            next_data: DATA,
+            next_data: layout.data.start,
+            data: layout.data,
+            writable: HashMap::new(),
         }
     }
 
@@ -118,12 +157,21 @@ impl GuestDriver {
         self.write_desc_at(self.desc_table, index, addr, len, flags, next);
     }
 
-    /// Room for `len` bytes of buffer; starts over when RAM runs out, which
-    /// is fine while few chains are in flight.
+    /// Makes descriptor `index` point just past the end of RAM, as a hostile
+    /// or buggy guest might.
+    pub fn point_outside_ram(&self, index: u16) {
+        let at = self.desc_table + 16 * u64::from(index);
+        self.mem
+            .write(GuestAddress(at), &self.mem.end().0.to_le_bytes())
+            .unwrap();
+    }
+
+    /// Room for `len` bytes of buffer; starts over when the span runs out,
+    /// which is fine while few chains are in flight.
     pub fn alloc(&mut self, len: u32) -> u64 {
         let len = u64::from(len);
-        if self.next_data + len > RAM {
-            self.next_data = DATA;
+        if self.next_data + len > self.data.end {
+            self.next_data = self.data.start;
         }
         let addr = self.next_data;
         self.next_data += len;
@@ -131,10 +179,11 @@ impl GuestDriver {
     }
 
     /// Adds a chain of readable buffers holding `readable` and writable
-    /// buffers of `writable` lengths, and publishes it.
+    /// buffers of `writable` lengths (filled with 0xee, so that what the
+    /// device leaves alone shows), and publishes it.
     pub fn add_chain(&mut self, readable: &[&[u8]], writable: &[u32]) -> Posted {
         let count = readable.len() + writable.len();
-        assert!(count > 0);
+        assert!(count > 0 && count <= usize::from(self.size));
         let head = self.next_desc;
         let mut posted = Posted {
             head,
@@ -151,7 +200,10 @@ impl GuestDriver {
             } else {
                 let len = writable[i - readable.len()];
                 let addr = self.alloc(len);
-                posted.writable.push(addr);
+                self.mem
+                    .write(GuestAddress(addr), &vec![0xee; len as usize])
+                    .unwrap();
+                posted.writable.push((addr, len));
                 (addr, len, VIRTQ_DESC_F_WRITE)
             };
             if i + 1 < count {
@@ -159,6 +211,7 @@ impl GuestDriver {
             }
             self.write_desc(index, addr, len, flags, self.next_desc);
         }
+        self.writable.insert(head, posted.writable.clone());
         self.publish(head);
         posted
     }
@@ -207,9 +260,24 @@ impl GuestDriver {
         Some((self.read_u32(elem), self.read_u32(elem + 4)))
     }
 
+    /// The first `len` bytes of the writable buffers last posted at `head`.
+    pub fn buffer(&self, head: u16, len: usize) -> Vec<u8> {
+        self.gather(&self.writable[&head], len)
+    }
+
     pub fn read_bytes(&self, addr: u64, len: usize) -> Vec<u8> {
         let mut buf = vec![0; len];
         self.mem.read(GuestAddress(addr), &mut buf).unwrap();
         buf
+    }
+
+    fn gather(&self, buffers: &[(u64, u32)], len: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for &(addr, buf_len) in buffers {
+            let n = (len - bytes.len()).min(buf_len as usize);
+            bytes.extend(self.read_bytes(addr, n));
+        }
+        assert_eq!(bytes.len(), len, "the buffers hold fewer than {len} bytes");
+        bytes
     }
 }
