@@ -14,10 +14,9 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 
 use shadow_mmu::GuestMemory;
-use virtio_pci::{ActivateError, Activation, ActiveQueue, Interrupt, VirtioDevice};
+use virtio_pci::{ActivateError, Activation, ActiveQueue, Interrupt, IoThread, VirtioDevice};
 use virtqueue::QueueError;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -74,12 +73,7 @@ impl ConsoleInput {
 pub struct VirtioConsole {
     output: Arc<Mutex<Box<dyn Write + Send>>>,
     input: Arc<ConsoleInput>,
-    worker: Option<Worker>,
-}
-
-struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<()>,
+    worker: Option<IoThread>,
 }
 
 impl VirtioConsole {
@@ -134,11 +128,6 @@ impl VirtioDevice for VirtioConsole {
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let stop = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| ActivateError(format!("cannot create an eventfd: {e}")))?;
-        let thread_stop = stop
-            .try_clone()
-            .map_err(|e| ActivateError(format!("cannot share an eventfd: {e}")))?;
         let mut receive = None;
         let mut transmit = None;
         for queue in activation.queues {
@@ -148,7 +137,6 @@ impl VirtioDevice for VirtioConsole {
                 _ => {}
             }
         }
-        let start = activation.io_thread_start;
         let io = ConsoleIo {
             memory: activation.memory,
             interrupt: activation.interrupt,
@@ -156,23 +144,19 @@ impl VirtioDevice for VirtioConsole {
             input: Arc::clone(&self.input),
             receive,
             transmit,
-            stop: thread_stop,
         };
-        let thread = std::thread::Builder::new()
-            .name("virtio-console".into())
-            .spawn(move || {
-                start.run();
-                io.run()
-            })
-            .map_err(|e| ActivateError(format!("cannot start the console thread: {e}")))?;
-        self.worker = Some(Worker { stop, thread });
+        self.worker = Some(IoThread::spawn(
+            "virtio-console",
+            "the console thread",
+            activation.io_thread_start,
+            move |stop| io.run(stop),
+        )?);
         Ok(())
     }
 
     fn reset(&mut self) {
         if let Some(worker) = self.worker.take() {
-            let _ = worker.stop.write(1);
-            let _ = worker.thread.join();
+            worker.stop();
         }
     }
 }
@@ -185,11 +169,11 @@ struct ConsoleIo {
     input: Arc<ConsoleInput>,
     receive: Option<ActiveQueue>,
     transmit: Option<ActiveQueue>,
-    stop: EventFd,
 }
 
 impl ConsoleIo {
-    fn run(mut self) {
+    /// Serves the queues and the input until `stop` fires.
+    fn run(mut self, stop: EventFd) {
         loop {
             // Work first: kicks or input may have come before the thread
             // started waiting.
@@ -198,7 +182,7 @@ impl ConsoleIo {
                 return;
             }
             let mut fds = vec![
-                pollfd(self.stop.as_raw_fd()),
+                pollfd(stop.as_raw_fd()),
                 pollfd(self.input.wake.as_raw_fd()),
             ];
             fds.extend(self.receive.iter().map(|q| pollfd(q.kick.as_raw_fd())));

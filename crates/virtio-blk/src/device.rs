@@ -27,10 +27,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use virtio_pci::{ActivateError, Activation, VirtioDevice};
-use vmm_sys_util::eventfd::EventFd;
+use virtio_pci::{ActivateError, Activation, IoThread, VirtioDevice};
 
 use crate::backend::{BlockBackend, FileBackend};
 use crate::config::BlockConfig;
@@ -81,12 +79,7 @@ pub struct VirtioBlock {
     backend: Arc<dyn BlockBackend>,
     read_only: bool,
     serial: Vec<u8>,
-    worker: Option<Worker>,
-}
-
-struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<()>,
+    worker: Option<IoThread>,
 }
 
 impl VirtioBlock {
@@ -213,11 +206,6 @@ impl VirtioDevice for VirtioBlock {
             .into_iter()
             .find(|q| q.index == REQUEST_QUEUE)
             .ok_or_else(|| ActivateError("virtio-blk started without its request queue".into()))?;
-        let stop = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| ActivateError(format!("cannot create an eventfd: {e}")))?;
-        let thread_stop = stop
-            .try_clone()
-            .map_err(|e| ActivateError(format!("cannot share an eventfd: {e}")))?;
         let accepted = |bit: u64| activation.features & bit != 0;
         let limits = DiskLimits {
             capacity_sectors: self.capacity_sectors(),
@@ -225,29 +213,24 @@ impl VirtioDevice for VirtioBlock {
             discard: !self.read_only && accepted(VIRTIO_BLK_F_DISCARD),
             write_zeroes: !self.read_only && accepted(VIRTIO_BLK_F_WRITE_ZEROES),
         };
-        let start = activation.io_thread_start;
         let io = BlockIo {
             memory: activation.memory,
             interrupt: activation.interrupt,
             queue,
             disk: DiskIo::new(Arc::clone(&self.backend), limits, &self.serial),
-            stop: thread_stop,
         };
-        let thread = std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || {
-                start.run();
-                io.run()
-            })
-            .map_err(|e| ActivateError(format!("cannot start the disk's I/O thread: {e}")))?;
-        self.worker = Some(Worker { stop, thread });
+        self.worker = Some(IoThread::spawn(
+            "virtio-blk",
+            "the disk's I/O thread",
+            activation.io_thread_start,
+            move |stop| io.run(stop),
+        )?);
         Ok(())
     }
 
     fn reset(&mut self) {
         if let Some(worker) = self.worker.take() {
-            let _ = worker.stop.write(1);
-            let _ = worker.thread.join();
+            worker.stop();
         }
     }
 }

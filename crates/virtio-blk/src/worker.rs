@@ -186,11 +186,11 @@ pub(crate) struct BlockIo {
     pub interrupt: Arc<Interrupt>,
     pub queue: ActiveQueue,
     pub disk: DiskIo,
-    pub stop: EventFd,
 }
 
 impl BlockIo {
-    pub fn run(mut self) {
+    /// Serves the queue until `stop` fires.
+    pub fn run(mut self, stop: EventFd) {
         loop {
             // Work first: the guest may have kicked before the thread
             // started waiting.
@@ -203,7 +203,7 @@ impl BlockIo {
                 }
             }
             let mut fds = [
-                pollfd(self.stop.as_raw_fd()),
+                pollfd(stop.as_raw_fd()),
                 pollfd(self.queue.kick.as_raw_fd()),
             ];
             // SAFETY: `fds` is a live, correctly sized array of pollfd for

@@ -23,10 +23,8 @@
 //! the next driver may accept none.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use virtio_pci::{ActivateError, Activation, VirtioDevice};
-use vmm_sys_util::eventfd::EventFd;
+use virtio_pci::{ActivateError, Activation, IoThread, VirtioDevice};
 use zerocopy::little_endian::U16;
 use zerocopy::{Immutable, IntoBytes, KnownLayout};
 
@@ -101,12 +99,7 @@ pub struct VirtioNet {
     /// The offload flags last given to the backend, so that reset knows
     /// whether there is anything to turn off.
     offloads: u32,
-    worker: Option<Worker>,
-}
-
-struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<()>,
+    worker: Option<IoThread>,
 }
 
 impl VirtioNet {
@@ -232,13 +225,7 @@ impl VirtioDevice for VirtioNet {
                 "virtio-net started without its receive and transmit queues".into(),
             ));
         };
-        let stop = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| ActivateError(format!("cannot create an eventfd: {e}")))?;
-        let thread_stop = stop
-            .try_clone()
-            .map_err(|e| ActivateError(format!("cannot share an eventfd: {e}")))?;
         self.set_offloads(tun_offloads(activation.features));
-        let start = activation.io_thread_start;
         let io = NetIo {
             memory: activation.memory,
             interrupt: activation.interrupt,
@@ -248,23 +235,19 @@ impl VirtioDevice for VirtioNet {
             tx_queue,
             rx: Rx::new(activation.features & VIRTIO_NET_F_MRG_RXBUF != 0),
             tx: Tx::new(),
-            stop: thread_stop,
         };
-        let thread = std::thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || {
-                start.run();
-                io.run()
-            })
-            .map_err(|e| ActivateError(format!("cannot start the network thread: {e}")))?;
-        self.worker = Some(Worker { stop, thread });
+        self.worker = Some(IoThread::spawn(
+            "virtio-net",
+            "the network thread",
+            activation.io_thread_start,
+            move |stop| io.run(stop),
+        )?);
         Ok(())
     }
 
     fn reset(&mut self) {
         if let Some(worker) = self.worker.take() {
-            let _ = worker.stop.write(1);
-            let _ = worker.thread.join();
+            worker.stop();
         }
         if self.offloads != 0 {
             self.set_offloads(0);

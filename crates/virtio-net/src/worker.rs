@@ -47,11 +47,11 @@ pub(crate) struct NetIo {
     pub tx_queue: ActiveQueue,
     pub rx: Rx,
     pub tx: Tx,
-    pub stop: EventFd,
 }
 
 impl NetIo {
-    pub fn run(mut self) {
+    /// Serves both directions until `stop` fires.
+    pub fn run(mut self, stop: EventFd) {
         // Both sides first: the guest may have posted buffers and packets
         // before the thread started waiting.
         let mut run_rx = true;
@@ -117,7 +117,7 @@ impl NetIo {
                 -1
             };
             let mut fds = [
-                pollfd(self.stop.as_raw_fd(), libc::POLLIN),
+                pollfd(stop.as_raw_fd(), libc::POLLIN),
                 pollfd(self.rx_queue.kick.as_raw_fd(), libc::POLLIN),
                 pollfd(self.tx_queue.kick.as_raw_fd(), libc::POLLIN),
                 pollfd(tap_fd, tap_events),

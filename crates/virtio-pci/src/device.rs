@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use shadow_mmu::GuestMemory;
 use virtqueue::Queue;
@@ -52,6 +53,47 @@ impl IoThreadStart {
     /// Called on the I/O thread, first.
     pub fn run(&self) {
         (self.0)()
+    }
+}
+
+/// A device's I/O thread and the eventfd that tells it to stop: what every
+/// device starts in `activate` and ends in `reset`.
+pub struct IoThread {
+    stop: EventFd,
+    thread: JoinHandle<()>,
+}
+
+impl IoThread {
+    /// Starts the thread `name`, which runs `start` and then `serve`.
+    /// `serve` is given the eventfd that [`IoThread::stop`] signals, and
+    /// must return once it fires. `role` names the thread in the error
+    /// ("the disk's I/O thread").
+    pub fn spawn(
+        name: &str,
+        role: &str,
+        start: IoThreadStart,
+        serve: impl FnOnce(EventFd) + Send + 'static,
+    ) -> Result<IoThread, ActivateError> {
+        let stop = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| ActivateError(format!("cannot create an eventfd: {e}")))?;
+        let thread_stop = stop
+            .try_clone()
+            .map_err(|e| ActivateError(format!("cannot share an eventfd: {e}")))?;
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                start.run();
+                serve(thread_stop)
+            })
+            .map_err(|e| ActivateError(format!("cannot start {role}: {e}")))?;
+        Ok(IoThread { stop, thread })
+    }
+
+    /// Tells the thread to stop and waits until it has: after this the
+    /// device no longer touches guest memory.
+    pub fn stop(self) {
+        let _ = self.stop.write(1);
+        let _ = self.thread.join();
     }
 }
 

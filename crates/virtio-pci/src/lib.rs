@@ -17,13 +17,14 @@
 //! A device is a [`VirtioDevice`] implementation in its own crate: it says
 //! its type, queues and features, and when the guest sets DRIVER_OK it is
 //! handed its checked queues, their doorbells and an [`Interrupt`] to signal
-//! with. Adding a device never touches this crate.
+//! with, and serves them on an [`IoThread`] that its reset stops. Adding a
+//! device never touches this crate.
 
 pub mod common_config;
 mod device;
 pub mod interrupt;
 mod transport;
 
-pub use device::{ActivateError, Activation, ActiveQueue, IoThreadStart, VirtioDevice};
+pub use device::{ActivateError, Activation, ActiveQueue, IoThread, IoThreadStart, VirtioDevice};
 pub use interrupt::{Interrupt, IntxLine, MsiSink};
 pub use transport::{TransportHooks, VirtioPciDevice, BAR_SIZE};

@@ -11,10 +11,9 @@
 //! device's own, woken by the guest's doorbell.
 
 use std::os::fd::AsRawFd;
-use std::thread::JoinHandle;
 
 use shadow_mmu::GuestMemory;
-use virtio_pci::{ActivateError, Activation, ActiveQueue, Interrupt, VirtioDevice};
+use virtio_pci::{ActivateError, Activation, ActiveQueue, Interrupt, IoThread, VirtioDevice};
 use virtqueue::{Queue, QueueError};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -30,12 +29,7 @@ const MAX_BYTES_PER_BUFFER: usize = 64 * 1024;
 /// The entropy device.
 #[derive(Default)]
 pub struct VirtioRng {
-    worker: Option<Worker>,
-}
-
-struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<()>,
+    worker: Option<IoThread>,
 }
 
 impl VirtioRng {
@@ -75,29 +69,20 @@ impl VirtioDevice for VirtioRng {
         else {
             return Ok(());
         };
-        let stop = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| ActivateError(format!("cannot create an eventfd: {e}")))?;
-        let thread_stop = stop
-            .try_clone()
-            .map_err(|e| ActivateError(format!("cannot share an eventfd: {e}")))?;
         let memory = activation.memory;
         let interrupt = activation.interrupt;
-        let start = activation.io_thread_start;
-        let thread = std::thread::Builder::new()
-            .name("virtio-rng".into())
-            .spawn(move || {
-                start.run();
-                serve(queue, &memory, &interrupt, &thread_stop)
-            })
-            .map_err(|e| ActivateError(format!("cannot start the rng thread: {e}")))?;
-        self.worker = Some(Worker { stop, thread });
+        self.worker = Some(IoThread::spawn(
+            "virtio-rng",
+            "the rng thread",
+            activation.io_thread_start,
+            move |stop| serve(queue, &memory, &interrupt, &stop),
+        )?);
         Ok(())
     }
 
     fn reset(&mut self) {
         if let Some(worker) = self.worker.take() {
-            let _ = worker.stop.write(1);
-            let _ = worker.thread.join();
+            worker.stop();
         }
     }
 }
