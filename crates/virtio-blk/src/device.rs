@@ -344,44 +344,6 @@ mod tests {
         assert_eq!(serial_for(Path::new("a")), b"lg-af63dc4c8601ec8c");
     }
 
-    /// The transport's side of the hypervisor, faked: MSI vectors that are
-    /// never used (the test leaves MSI-X off), doorbells refused so that
-    /// kicks arrive as BAR writes, and an INTx pin the test watches.
-    mod fake {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
-
-        use virtio_pci::{IntxLine, MsiSink, TransportHooks};
-        use vmm_sys_util::eventfd::EventFd;
-
-        pub struct Sink;
-
-        impl MsiSink for Sink {
-            fn set_message(&self, _: Option<(u64, u32)>) {}
-            fn trigger(&self) {}
-        }
-
-        pub struct Hooks;
-
-        impl TransportHooks for Hooks {
-            fn msi_vector(&self) -> Result<Box<dyn MsiSink>, String> {
-                Ok(Box::new(Sink))
-            }
-            fn register_doorbell(&self, _: u64, _: &EventFd) -> Result<(), String> {
-                Err("no ioeventfds in a unit test".into())
-            }
-            fn unregister_doorbell(&self, _: u64, _: &EventFd) {}
-        }
-
-        pub struct Pin(pub Arc<AtomicBool>);
-
-        impl IntxLine for Pin {
-            fn set_level(&self, asserted: bool) {
-                self.0.store(asserted, Ordering::SeqCst);
-            }
-        }
-    }
-
     #[test]
     fn a_guest_kicks_and_the_io_thread_answers() {
         use std::sync::atomic::{AtomicBool, Ordering};
@@ -390,7 +352,7 @@ mod tests {
         use pci::PciFunction;
         use shadow_mmu::GuestMemory;
         use virtio_pci::common_config::{offset, status};
-        use virtio_pci::VirtioPciDevice;
+        use virtio_pci::{fake_hooks, VirtioPciDevice};
 
         use crate::request::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
         use crate::test_driver::{header, BlockReply, GuestDriver, Layout};
@@ -402,8 +364,8 @@ mod tests {
             Box::new(disk(&file, "")),
             Arc::clone(&memory),
             0xc000_0000,
-            Arc::new(fake::Hooks),
-            Box::new(fake::Pin(Arc::clone(&pin))),
+            Arc::new(fake_hooks::Hooks),
+            Box::new(fake_hooks::Pin(Arc::clone(&pin))),
             11,
         )
         .unwrap();

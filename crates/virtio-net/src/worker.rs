@@ -184,7 +184,7 @@ mod tests {
     use pci::PciFunction;
     use shadow_mmu::GuestMemory;
     use virtio_pci::common_config::{offset, status};
-    use virtio_pci::{VirtioDevice, VirtioPciDevice};
+    use virtio_pci::{fake_hooks, VirtioDevice, VirtioPciDevice};
 
     use super::*;
     use crate::device::{
@@ -195,44 +195,6 @@ mod tests {
         readable, recv, vnet_header, GuestDriver, PairBackend, Posted, RAM, RX_LAYOUT, TX_LAYOUT,
     };
     use crate::VirtioNet;
-
-    /// The transport's side of the hypervisor, faked: MSI vectors that are
-    /// never used (the test leaves MSI-X off), doorbells refused so that
-    /// kicks arrive as BAR writes, and an INTx pin the test watches.
-    mod fake {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
-
-        use virtio_pci::{IntxLine, MsiSink, TransportHooks};
-        use vmm_sys_util::eventfd::EventFd;
-
-        pub struct Sink;
-
-        impl MsiSink for Sink {
-            fn set_message(&self, _: Option<(u64, u32)>) {}
-            fn trigger(&self) {}
-        }
-
-        pub struct Hooks;
-
-        impl TransportHooks for Hooks {
-            fn msi_vector(&self) -> Result<Box<dyn MsiSink>, String> {
-                Ok(Box::new(Sink))
-            }
-            fn register_doorbell(&self, _: u64, _: &EventFd) -> Result<(), String> {
-                Err("no ioeventfds in a unit test".into())
-            }
-            fn unregister_doorbell(&self, _: u64, _: &EventFd) {}
-        }
-
-        pub struct Pin(pub Arc<AtomicBool>);
-
-        impl IntxLine for Pin {
-            fn set_level(&self, asserted: bool) {
-                self.0.store(asserted, Ordering::SeqCst);
-            }
-        }
-    }
 
     const QUEUE_SIZE: u16 = 16;
 
@@ -261,8 +223,8 @@ mod tests {
                 Box::new(device),
                 Arc::clone(&memory),
                 0xc000_0000,
-                Arc::new(fake::Hooks),
-                Box::new(fake::Pin(Arc::clone(&pin))),
+                Arc::new(fake_hooks::Hooks),
+                Box::new(fake_hooks::Pin(Arc::clone(&pin))),
                 11,
             )
             .unwrap();

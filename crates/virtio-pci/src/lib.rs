@@ -19,9 +19,14 @@
 //! handed its checked queues, their doorbells and an [`Interrupt`] to signal
 //! with, and serves them on an [`IoThread`] that its reset stops. Adding a
 //! device never touches this crate.
+//!
+//! The `test-util` feature exports `fake_hooks`, the hypervisor's side
+//! faked, so that a device crate's tests can run it behind the transport.
 
 pub mod common_config;
 mod device;
+#[cfg(feature = "test-util")]
+pub mod fake_hooks;
 pub mod interrupt;
 mod transport;
 
