@@ -26,8 +26,9 @@
 //!   the nested, emulated platform itself, which lg's own rate is to be
 //!   read against.
 //! - `--trace` records the test host KVM's trace events (`kvm:*`) during
-//!   each cycle and boot, and a failing one prints their last lines: the
-//!   exits, injected interrupts and exceptions that led to it.
+//!   each cycle and boot, and a failing one prints the last of them that
+//!   differ from all before: the exits, injected interrupts and exceptions
+//!   that led to it, and a loop of exits as its few distinct events.
 
 use std::fs;
 use std::time::Duration;
@@ -89,20 +90,26 @@ wait_for() {
 console_tail() {
 	tail -n 25 /tmp/cycle.out | sed "s/^/LG_SOAK_CONSOLE $1 /"
 }
-# --trace: the test host KVM's events, kept per cycle or boot in a ring
-# buffer.
+# --trace: the test host KVM's events, from the start of each cycle or
+# boot. Not overwritten when full: a guest stuck in a loop of exits fills
+# any buffer within seconds, and what led into the loop is what matters.
+# 64 MiB a CPU holds several whole boots.
 T=/sys/kernel/tracing
 trace=@TRACE@
 if [ $trace = yes ]; then
 	mount -t tracefs nodev $T 2>/dev/null
-	echo 8192 >$T/buffer_size_kb
+	echo 65536 >$T/buffer_size_kb
+	echo 0 >$T/options/overwrite
 	echo 1 >$T/events/kvm/enable
 fi
-# Its last lines, without the unmapping of guest RAM as the VM is torn
-# down, which would fill the tail.
+# The last 300 events that differ from every earlier one (task, CPU and
+# time aside): a loop shows as its few distinct events, after what came
+# just before it. The unmapping of guest RAM as the VM is torn down is
+# left out.
 trace_tail() {
-	[ $trace = yes ] && grep -v kvm_unmap_hva_range $T/trace | tail -n 300 |
-		sed "s/^/LG_SOAK_TRACE $1 /"
+	[ $trace = yes ] && grep -v kvm_unmap_hva_range $T/trace |
+		awk '{ k = $0; sub(/^.*[0-9]: kvm_/, "kvm_", k); if (!seen[k]++) print }' |
+		tail -n 300 | sed "s/^/LG_SOAK_TRACE $1 /"
 }
 previous=0
 cycle=1
