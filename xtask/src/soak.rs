@@ -107,9 +107,11 @@ fi
 # just before it. The unmapping of guest RAM as the VM is torn down is
 # left out.
 trace_tail() {
-	[ $trace = yes ] && grep -v kvm_unmap_hva_range $T/trace |
-		awk '{ k = $0; sub(/^.*[0-9]: kvm_/, "kvm_", k); if (!seen[k]++) print }' |
-		tail -n 300 | sed "s/^/LG_SOAK_TRACE $1 /"
+	if [ $trace = yes ]; then
+		grep -v kvm_unmap_hva_range $T/trace |
+			awk '{ k = $0; sub(/^.*[0-9]: kvm_/, "kvm_", k); if (!seen[k]++) print }' |
+			tail -n 300 | sed "s/^/LG_SOAK_TRACE $1 /"
+	fi
 }
 previous=0
 cycle=1
