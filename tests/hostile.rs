@@ -4,8 +4,9 @@
 //! One test host. The `hostile` case boots the kit with a disk, `--rng`, a
 //! network card on a tap (`--tunnet`) and `lgtest=hostile`: the guest's
 //! `/bin/lg-hostile` (xtask/src/lg-hostile.rs) unbinds the disk, the
-//! entropy device, the console and the network card in turn, maps each one's BAR and runs every attack in
-//! [`BREAKING`] and [`SURVIVED`] on a freshly reset device, printing one
+//! entropy device, the console and the network card in turn, maps each
+//! one's BAR and runs every attack in [`BREAKING`] and [`SURVIVED`] on a
+//! freshly reset device, printing one
 //! `LG_HOSTILE <device> <attack> status=0x..` line each. Then `/init`
 //! gives the devices back to their drivers and uses each once more, and
 //! powers off. lg's stderr is kept apart from the console, so its warnings

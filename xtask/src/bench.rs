@@ -592,6 +592,12 @@ fn many_script(gap: u32, one: bool) -> String {
     text
 }
 
+/// The bench's `qemu -M pc` boot of the kit to power-off, as words: what
+/// `cargo xtask soak --control qemu` boots too.
+pub(crate) fn qemu_pc_boot(memory_mb: u32) -> Vec<String> {
+    QEMU_PC.command(memory_mb, BOOT_ARGS, Devices::default())
+}
+
 /// QEMU and what it needs, as (file on this machine, path in the test host).
 pub(crate) fn qemu_files() -> Result<Vec<(PathBuf, String)>, Error> {
     command::ensure_debian_packages(&[("qemu-system-x86_64", "qemu-system-x86")])?;

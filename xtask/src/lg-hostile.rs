@@ -478,6 +478,12 @@ impl Device {
     /// DRIVER_OK.
     fn start(&self, rings: Rings, quiet: &[(u16, Rings)]) -> u8 {
         self.negotiate();
+        self.go(rings, quiet)
+    }
+
+    /// After FEATURES_OK: programs the queues as `start` does and sets
+    /// DRIVER_OK; returns the status then.
+    fn go(&self, rings: Rings, quiet: &[(u16, Rings)]) -> u8 {
         for (queue, rings) in quiet {
             self.program_queue(*queue, *rings);
         }
@@ -823,14 +829,7 @@ impl Attacker<'_> {
                     );
                     sizes.push(self.dev.bar.read16(c + QUEUE_SIZE));
                 }
-                for (queue, rings) in self.quiet_queues() {
-                    self.dev.program_queue(queue, rings);
-                }
-                self.dev
-                    .program_queue(self.dev.kind.queue(), self.rings(QUEUE));
-                self.dev
-                    .set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
-                let status = self.dev.status();
+                let status = self.dev.go(self.rings(QUEUE), &self.quiet_queues());
                 let sizes: Vec<String> = sizes.iter().map(u16::to_string).collect();
                 if status & DEVICE_NEEDS_RESET != 0 {
                     format!("status={status:#04x} sizes={}", sizes.join(","))

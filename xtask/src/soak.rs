@@ -43,7 +43,8 @@ pub struct Soak {
     pub boots: u32,
     /// Boot with QEMU instead of lg (the boot soak only).
     pub control: Boot,
-    /// Keep KVM's trace events for each boot, printed for a failing one.
+    /// Keep the test host KVM's trace events for each cycle and boot,
+    /// printed for a failing one.
     pub trace: bool,
 }
 
@@ -58,13 +59,14 @@ pub enum Boot {
 /// The boot soak's command for lg ($K is the kit's kernel and arguments).
 const LG_BOOT: &str = "lg run 256 $K lgtest=poweroff";
 
-/// The same boot with QEMU. `-no-reboot` makes a triple fault end QEMU (with
-/// status 0, like a power-off: the check on the kernel's last line below
-/// tells the two apart).
-const QEMU_BOOT: &str = "/usr/bin/qemu-system-x86_64 -enable-kvm -cpu host -m 256 -M pc \
--nodefaults -no-user-config -nographic -no-reboot -serial stdio \
--kernel /kit/bzImage -initrd /kit/initrd.cpio.gz \
--append \"console=ttyS0 panic=-1 lgtest=poweroff\"";
+/// The same boot with QEMU: the bench's `-M pc` boot, plus `-no-reboot`,
+/// which makes a triple fault end QEMU (with status 0, like a power-off:
+/// the check on the kernel's last line in the script tells the two apart).
+fn qemu_boot() -> String {
+    let mut words = crate::bench::qemu_pc_boot(256);
+    words.insert(1, "-no-reboot".to_string());
+    crate::shell::join(&words)
+}
 
 /// The test host's script: the kill cycles, then the boots, each reported
 /// on a `LG_SOAK` line.
@@ -279,12 +281,12 @@ pub fn run_in_test_host(soak: Soak, echo: Echo) -> Result<(Results, String), Err
         .map_err(|e| Error::new(format!("cannot find {}: {e}", e2fsck.display())))?;
     host = host.file(&e2fsck, "/bin/e2fsck");
     let boot_command = match soak.control {
-        Boot::Lg => LG_BOOT,
+        Boot::Lg => LG_BOOT.to_string(),
         Boot::Qemu => {
             for (from, inside) in crate::bench::qemu_files()? {
                 host = host.file(&from, &inside);
             }
-            QEMU_BOOT
+            qemu_boot()
         }
     };
     progress(format!(
@@ -294,7 +296,7 @@ pub fn run_in_test_host(soak: Soak, echo: Echo) -> Result<(Results, String), Err
     let script = SCRIPT
         .replace("KILLS", &soak.kills.to_string())
         .replace("BOOTS", &soak.boots.to_string())
-        .replace("BOOT_COMMAND", boot_command)
+        .replace("BOOT_COMMAND", &boot_command)
         .replace("@TRACE@", if soak.trace { "yes" } else { "no" });
     let run = host.run(&script);
     let _ = fs::remove_file(&image);
@@ -322,5 +324,19 @@ noise";
         let passed: Vec<bool> = results.kills.iter().map(KillCycle::passed).collect();
         assert_eq!(passed, [true, true, false, false, false]);
         assert_eq!(results.boots, [true, false, false]);
+    }
+
+    #[test]
+    fn the_control_is_the_benchs_pc_boot_that_ends_at_a_triple_fault() {
+        let command = qemu_boot();
+        assert!(
+            command.starts_with("/usr/bin/qemu-system-x86_64 -no-reboot "),
+            "{command}"
+        );
+        assert!(command.contains("-M pc "), "{command}");
+        assert!(
+            command.ends_with("-append 'console=ttyS0 panic=-1 lgtest=poweroff'"),
+            "{command}"
+        );
     }
 }
