@@ -273,6 +273,10 @@ impl ExitHandler for Platform {
         PortAction::Continue
     }
 
+    fn pass_on_held_output(&self) {
+        lock(&self.serial).uart.pass_on_output();
+    }
+
     fn vcpu_thread_started(&self, _index: u8) -> Result<(), String> {
         crate::seccomp::confine_thread(crate::seccomp::Role::Vcpu)
     }
@@ -377,10 +381,14 @@ mod tests {
     #[test]
     fn serial_output_reaches_the_console() {
         let (platform, sink) = platform();
-        for byte in b"ok" {
+        for byte in b"ok\n" {
             platform.port_out(COM1_PORT, &[*byte]);
         }
-        assert_eq!(&*sink.0.lock().unwrap(), b"ok");
+        assert_eq!(&*sink.0.lock().unwrap(), b"ok\n");
+        // The end of a line still unended reaches it too, a moment later.
+        platform.port_out(COM1_PORT, b"$");
+        platform.pass_on_held_output();
+        assert_eq!(&*sink.0.lock().unwrap(), b"ok\n$");
     }
 
     /// Records every switch of KVM's keeping, and can be made to fail.
@@ -455,6 +463,7 @@ mod tests {
             platform.coalesced_writes(&mixed),
             PortAction::End(GuestEnd::Panic)
         );
+        platform.pass_on_held_output();
         assert_eq!(&*sink.0.lock().unwrap(), b"boot\nx");
     }
 

@@ -1,7 +1,16 @@
 //! A 16550A UART, as much of it as Linux's 8250 driver looks at.
 //!
-//! The guest drives it through eight I/O ports. Transmission is instant (the
-//! byte goes straight to the sink), so the transmitter is always empty.
+//! The guest drives it through eight I/O ports. Transmission is instant, so
+//! the transmitter is always empty. What reaches the sink when depends on
+//! how the guest's driver transmits. A driver that waits for the
+//! transmitter's interrupt between bytes (Linux's tty layer: a shell's
+//! prompt, the echo of a key) has each write passed on at once. A driver
+//! that polls the line status between bytes (the kernel's own console,
+//! printing its log) gets its bytes passed on a line at a time: that driver
+//! costs an exit per byte anyway (its LSR read), and a system call per byte
+//! on top of it, to a pipe or a terminal, would cost as much again. What is
+//! left of a line without its end waits for [`Uart::pass_on_output`], which
+//! lg calls every few milliseconds and when the guest ends.
 //! Reception is modelled as a terminal with hardware flow control: what the
 //! user typed waits on lg's side of the cable until the guest raises RTS
 //! (Linux does when a program opens the port), then flows into the chip's
@@ -57,6 +66,9 @@ const MSR_CONNECTED: u8 = 0xb0;
 const RX_CAPACITY: usize = 64 * 1024;
 /// The 16550A's receive FIFO.
 const FIFO_SIZE: usize = 16;
+/// How much polled output lg holds back waiting for the end of its line
+/// before it passes it on anyway.
+const HELD_LIMIT: usize = 4096;
 
 /// The UART's interrupt line: raising it sends one edge to the guest's
 /// interrupt controller (ISA interrupts are edge-triggered).
@@ -80,8 +92,8 @@ pub struct Uart {
     /// Typed bytes waiting on lg's side of the cable for RTS and FIFO room.
     backlog: VecDeque<u8>,
     output: Box<dyn Write + Send>,
-    /// Bytes written to `output` since its last flush.
-    unflushed: bool,
+    /// Transmitted bytes not yet passed on to `output`.
+    held: Vec<u8>,
     interrupt: Box<dyn InterruptLine>,
 }
 
@@ -99,7 +111,7 @@ impl Uart {
             rx: VecDeque::new(),
             backlog: VecDeque::new(),
             output,
-            unflushed: false,
+            held: Vec::new(),
             interrupt,
         }
     }
@@ -183,7 +195,7 @@ impl Uart {
     /// The guest writes `value` to the register at `offset` (0..8).
     pub fn write(&mut self, offset: u8, value: u8) {
         self.write_register(offset, value);
-        self.flush_output();
+        self.pass_on_what_is_due();
     }
 
     /// Writes the guest made one after another without an exit between
@@ -194,7 +206,7 @@ impl Uart {
         for (offset, value) in writes {
             self.write_register(offset, value);
         }
-        self.flush_output();
+        self.pass_on_what_is_due();
     }
 
     /// Whether the guest asked for an interrupt when the transmitter
@@ -207,11 +219,36 @@ impl Uart {
         self.interrupt_enable & IER_TX_EMPTY != 0
     }
 
-    fn flush_output(&mut self) {
-        if std::mem::take(&mut self.unflushed) {
-            // A console whose reader went away must not stop the guest.
-            let _ = self.output.flush();
+    /// Passes on every transmitted byte still held back: the part of a
+    /// line the guest's console has printed so far.
+    pub fn pass_on_output(&mut self) {
+        self.pass_on(self.held.len());
+    }
+
+    /// After the guest's writes: everything, for a driver that waits for
+    /// the transmit interrupt (someone may be waiting for that echo); whole
+    /// lines only, for a polling one, unless too much has been held.
+    fn pass_on_what_is_due(&mut self) {
+        let due = if self.transmit_interrupt_enabled() || self.held.len() >= HELD_LIMIT {
+            self.held.len()
+        } else {
+            self.held
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |last| last + 1)
+        };
+        self.pass_on(due);
+    }
+
+    fn pass_on(&mut self, count: usize) {
+        if count == 0 {
+            return;
         }
+        // A console whose reader went away must not stop the guest; the
+        // bytes are simply lost, as on a cut cable.
+        let _ = self.output.write_all(&self.held[..count]);
+        let _ = self.output.flush();
+        self.held.drain(..count);
     }
 
     fn write_register(&mut self, offset: u8, value: u8) {
@@ -223,10 +260,7 @@ impl Uart {
                         self.rx.push_back(value);
                     }
                 } else {
-                    // A console whose reader went away must not stop the
-                    // guest; the byte is simply lost, as on a cut cable.
-                    let _ = self.output.write_all(&[value]);
-                    self.unflushed = true;
+                    self.held.push(value);
                 }
                 self.tx_empty_pending = true;
                 self.update_interrupt();
@@ -364,15 +398,53 @@ mod tests {
             (DATA, 1),
             (LCR, 0x03),
             (DATA, b'k'),
+            (DATA, b'\n'),
         ]);
         assert_eq!(uart.divisor, 1);
         let (bytes, flushes) = sink.0.lock().unwrap().clone();
-        assert_eq!(bytes, b"ok");
-        assert_eq!(flushes, [2], "one flush, after both bytes");
+        assert_eq!(bytes, b"ok\n");
+        assert_eq!(flushes, [3], "one flush, after the whole line");
         // Register writes alone flush nothing.
         uart.write(SCR, 7);
         uart.write_batch([(SCR, 8)]);
-        assert_eq!(sink.0.lock().unwrap().1, [2]);
+        uart.pass_on_output();
+        assert_eq!(sink.0.lock().unwrap().1, [3]);
+    }
+
+    #[test]
+    fn a_polling_driver_is_passed_on_a_line_at_a_time() {
+        let sink = FlushCounter::default();
+        let mut uart = Uart::new(Box::new(sink.clone()), Box::new(CountingLine::default()));
+        for b in b"boot" {
+            uart.write(DATA, *b);
+        }
+        assert!(
+            sink.0.lock().unwrap().0.is_empty(),
+            "held to the line's end"
+        );
+        uart.write_batch([(DATA, b'\r'), (DATA, b'\n'), (DATA, b'>')]);
+        assert_eq!(sink.0.lock().unwrap().0, b"boot\r\n");
+        // What lg passes on every few milliseconds, and at the end.
+        uart.pass_on_output();
+        assert_eq!(*sink.0.lock().unwrap(), (b"boot\r\n>".to_vec(), vec![6, 7]));
+        // A line that never ends is not held without bound.
+        for _ in 0..HELD_LIMIT {
+            uart.write(DATA, b'x');
+        }
+        assert_eq!(sink.0.lock().unwrap().0.len(), 7 + HELD_LIMIT);
+    }
+
+    #[test]
+    fn an_interrupt_driven_driver_is_passed_on_at_once() {
+        let (mut uart, sink, _) = uart();
+        uart.write(DATA, b'$');
+        assert!(sink.0.lock().unwrap().is_empty());
+        // The tty layer takes over: what was held goes first, then each
+        // byte as it comes (the echo of a key has no line end).
+        uart.write(IER, IER_TX_EMPTY | IER_RX_DATA);
+        assert_eq!(&*sink.0.lock().unwrap(), b"$");
+        uart.write(DATA, b'l');
+        assert_eq!(&*sink.0.lock().unwrap(), b"$l");
     }
 
     #[test]

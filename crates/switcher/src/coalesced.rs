@@ -39,8 +39,11 @@ use kvm_ioctls::{Cap, IoEventAddress, VmFd};
 use crate::cpu::Vcpu;
 use crate::vm::SwitcherError;
 
-/// How often the thread waiting for the guest's end replays the ring, so a
-/// byte the guest wrote just before going quiet still reaches the console.
+/// How often the thread waiting for the guest's end replays the ring (and
+/// has the devices pass on output they held back, see
+/// [`ExitHandler::pass_on_held_output`](crate::run::ExitHandler::pass_on_held_output)),
+/// so a byte the guest wrote just before going quiet still reaches the
+/// console.
 pub const REPLAY_PERIOD: Duration = Duration::from_millis(50);
 
 /// One write KVM kept: to an I/O port or to an MMIO address, with its

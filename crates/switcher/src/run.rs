@@ -64,6 +64,11 @@ pub trait ExitHandler: Send + Sync {
     fn coalesced_writes(&self, writes: &[CoalescedWrite]) -> PortAction {
         each_coalesced_write(self, writes)
     }
+    /// Called every [`REPLAY_PERIOD`] from the thread that waits for the
+    /// guest's end (after replaying the coalesced ring), and once more when
+    /// the guest has ended: where a device passes on output it has been
+    /// holding back (lg's UART holds its console's line until its end).
+    fn pass_on_held_output(&self) {}
     /// Called on vCPU `index`'s thread before anything else: the
     /// launcher's chance to narrow what the thread may do (lg's vCPU
     /// seccomp filter). An error ends the guest as a crash of that vCPU.
@@ -207,21 +212,22 @@ pub fn run_noting_first_entry(
     let ended_without_reason =
         || GuestEnd::Crash("every vCPU thread ended without a reason".into());
     let why = loop {
-        let Some(ring) = &ring else {
-            break end.recv().unwrap_or_else(|_| ended_without_reason());
-        };
         match end.recv_timeout(REPLAY_PERIOD) {
             Ok(why) => break why,
             // The last bytes of a message the guest wrote before going
-            // quiet: no exit would replay them.
+            // quiet: no exit would replay them, or pass them on.
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let PortAction::End(why) = ring.replay(|w| handler.coalesced_writes(w)) {
-                    break why;
+                if let Some(ring) = &ring {
+                    if let PortAction::End(why) = ring.replay(|w| handler.coalesced_writes(w)) {
+                        break why;
+                    }
                 }
+                handler.pass_on_held_output();
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break ended_without_reason(),
         }
     };
+    handler.pass_on_held_output();
     control.end();
     why
 }
