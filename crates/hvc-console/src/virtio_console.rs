@@ -12,11 +12,13 @@
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use shadow_mmu::GuestMemory;
-use virtio_pci::{ActivateError, Activation, ActiveQueue, Interrupt, IoThread, VirtioDevice};
+use virtio_pci::{
+    copy_config, wait_for_work, ActivateError, Activation, ActiveQueue, Interrupt, IoThread,
+    VirtioDevice,
+};
 use virtqueue::QueueError;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -107,13 +109,7 @@ impl VirtioDevice for VirtioConsole {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut config = [0u8; CONFIG_LEN as usize];
         config[CONFIG_MAX_NR_PORTS as usize..][..4].copy_from_slice(&1u32.to_le_bytes());
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| config.get(at as usize))
-                .copied()
-                .unwrap_or(0);
-        }
+        copy_config(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -126,24 +122,15 @@ impl VirtioDevice for VirtioConsole {
         }
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let mut receive = None;
-        let mut transmit = None;
-        for queue in activation.queues {
-            match queue.index {
-                RECEIVE_QUEUE => receive = Some(queue),
-                TRANSMIT_QUEUE => transmit = Some(queue),
-                _ => {}
-            }
-        }
         let io = ConsoleIo {
+            receive: activation.take_queue(RECEIVE_QUEUE),
+            transmit: activation.take_queue(TRANSMIT_QUEUE),
             memory: activation.memory,
             interrupt: activation.interrupt,
             output: Arc::clone(&self.output),
             input: Arc::clone(&self.input),
-            receive,
-            transmit,
         };
         self.worker = Some(IoThread::spawn(
             "virtio-console",
@@ -181,31 +168,10 @@ impl ConsoleIo {
                 self.interrupt.report_broken(&e.to_string());
                 return;
             }
-            let mut fds = vec![
-                pollfd(stop.as_raw_fd()),
-                pollfd(self.input.wake.as_raw_fd()),
-            ];
-            fds.extend(self.receive.iter().map(|q| pollfd(q.kick.as_raw_fd())));
-            fds.extend(self.transmit.iter().map(|q| pollfd(q.kick.as_raw_fd())));
-            // SAFETY: `fds` is a live, correctly sized array of pollfd for
-            // the duration of the call; poll only writes their revents.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-            if ready < 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                self.interrupt
-                    .report_broken("the console thread cannot wait for events");
+            let kicks = self.receive.iter().chain(&self.transmit).map(|q| &q.kick);
+            let wakers: Vec<&EventFd> = std::iter::once(&self.input.wake).chain(kicks).collect();
+            if !wait_for_work(&stop, &wakers, &self.interrupt, "the console thread") {
                 return;
-            }
-            if fds[0].revents != 0 {
-                return;
-            }
-            // Drain the eventfds that fired; the work loop above handles
-            // whatever they announced.
-            let _ = self.input.wake.read();
-            for q in self.receive.iter().chain(self.transmit.iter()) {
-                let _ = q.kick.read();
             }
         }
     }
@@ -276,14 +242,6 @@ impl ConsoleIo {
             self.interrupt.signal_used(RECEIVE_QUEUE);
         }
         Ok(())
-    }
-}
-
-fn pollfd(fd: i32) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
     }
 }
 

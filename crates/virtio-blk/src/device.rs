@@ -28,7 +28,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use virtio_pci::{ActivateError, Activation, IoThread, VirtioDevice};
+use virtio_pci::{copy_config, ActivateError, Activation, IoThread, VirtioDevice};
 
 use crate::backend::{BlockBackend, FileBackend};
 use crate::config::BlockConfig;
@@ -185,26 +185,16 @@ impl VirtioDevice for VirtioBlock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config_space();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| config.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        copy_config(&self.config_space(), offset, data);
     }
 
     // write_config: the default, ignoring writes. The only writable field,
     // `writeback`, needs VIRTIO_BLK_F_CONFIG_WCE, which lg does not offer.
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         self.reset();
         let queue = activation
-            .queues
-            .into_iter()
-            .find(|q| q.index == REQUEST_QUEUE)
+            .take_queue(REQUEST_QUEUE)
             .ok_or_else(|| ActivateError("virtio-blk started without its request queue".into()))?;
         let accepted = |bit: u64| activation.features & bit != 0;
         let limits = DiskLimits {

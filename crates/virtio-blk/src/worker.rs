@@ -15,11 +15,10 @@
 //! DEVICE_NEEDS_RESET and the thread stops, as the console's does.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use shadow_mmu::GuestMemory;
-use virtio_pci::{ActiveQueue, Interrupt};
+use virtio_pci::{wait_for_work, ActiveQueue, Interrupt};
 use virtqueue::{DescriptorChain, Queue, QueueError};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -202,35 +201,15 @@ impl BlockIo {
                     return;
                 }
             }
-            let mut fds = [
-                pollfd(stop.as_raw_fd()),
-                pollfd(self.queue.kick.as_raw_fd()),
-            ];
-            // SAFETY: `fds` is a live, correctly sized array of pollfd for
-            // the duration of the call; poll only writes their revents.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-            if ready < 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                self.interrupt
-                    .report_broken("the I/O thread cannot wait for events");
+            if !wait_for_work(
+                &stop,
+                &[&self.queue.kick],
+                &self.interrupt,
+                "the I/O thread",
+            ) {
                 return;
             }
-            if fds[0].revents != 0 {
-                return;
-            }
-            // Clear the doorbell; the loop's top serves what it announced.
-            let _ = self.queue.kick.read();
         }
-    }
-}
-
-fn pollfd(fd: i32) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
     }
 }
 

@@ -24,7 +24,7 @@
 
 use std::sync::Arc;
 
-use virtio_pci::{ActivateError, Activation, IoThread, VirtioDevice};
+use virtio_pci::{copy_config, ActivateError, Activation, IoThread, VirtioDevice};
 use zerocopy::little_endian::U16;
 use zerocopy::{Immutable, IntoBytes, KnownLayout};
 
@@ -193,33 +193,17 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config_space();
-        let bytes = config.as_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| bytes.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        copy_config(self.config_space().as_bytes(), offset, data);
     }
 
     // write_config: the default, ignoring writes. The MAC is writable only
     // by legacy drivers; a modern one changes it with the control queue's
     // VIRTIO_NET_CTRL_MAC_ADDR_SET, and lg has no control queue.
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let mut rx_queue = None;
-        let mut tx_queue = None;
-        for queue in activation.queues {
-            match queue.index {
-                RX_QUEUE => rx_queue = Some(queue),
-                TX_QUEUE => tx_queue = Some(queue),
-                _ => {}
-            }
-        }
+        let rx_queue = activation.take_queue(RX_QUEUE);
+        let tx_queue = activation.take_queue(TX_QUEUE);
         let (Some(rx_queue), Some(tx_queue)) = (rx_queue, tx_queue) else {
             return Err(ActivateError(
                 "virtio-net started without its receive and transmit queues".into(),

@@ -1,5 +1,6 @@
 //! The system calls on the tap's descriptor: one packet per `read` and
-//! `write`, and `poll` for the network thread.
+//! `write` (the network thread's `poll` is every device thread's, in
+//! virtio-pci).
 //!
 //! std has no safe way to read from or write to a borrowed raw descriptor
 //! without wrapping it in a `File` (which would close it when dropped), so
@@ -51,23 +52,4 @@ pub(crate) fn is_full(error: &io::Error) -> bool {
         error.raw_os_error(),
         Some(libc::EAGAIN) | Some(libc::ENOBUFS)
     ) || error.kind() == io::ErrorKind::WouldBlock
-}
-
-/// Waits for `fds` (a negative fd is skipped, as poll(2) does) for at most
-/// `timeout_ms` (-1: for ever). An interrupted wait returns with no events,
-/// and the caller simply looks again.
-pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<()> {
-    // SAFETY: `fds` is a live, correctly sized array of pollfd for the
-    // duration of the call; poll only writes their revents.
-    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-    if ready < 0 {
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-        for fd in fds {
-            fd.revents = 0;
-        }
-    }
-    Ok(())
 }

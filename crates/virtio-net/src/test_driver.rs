@@ -111,12 +111,8 @@ pub fn recv(fd: BorrowedFd<'_>) -> Option<Vec<u8>> {
 
 /// Whether `fd` has something to read.
 pub fn readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> bool {
-    let mut fds = [libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    sys::poll(&mut fds, timeout_ms).unwrap();
+    let mut fds = [virtio_pci::pollfd(fd.as_raw_fd(), libc::POLLIN)];
+    virtio_pci::poll(&mut fds, timeout_ms).unwrap();
     fds[0].revents & libc::POLLIN != 0
 }
 

@@ -25,12 +25,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shadow_mmu::GuestMemory;
-use virtio_pci::{ActiveQueue, Interrupt};
+use virtio_pci::{poll, pollfd, ActiveQueue, Interrupt};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::rx::{Rx, RxWait};
 use crate::tx::{Tx, TxWait};
-use crate::{sys, NetBackend, NetStats};
+use crate::{NetBackend, NetStats};
 
 /// How long a failed tap read waits before the next attempt.
 const RX_BACKOFF: Duration = Duration::from_millis(100);
@@ -127,7 +127,7 @@ impl NetIo {
             } else {
                 timeout_until([rx_retry_at, tx_retry_at].into_iter().flatten().min())
             };
-            if sys::poll(&mut fds, timeout).is_err() {
+            if poll(&mut fds, timeout).is_err() {
                 self.interrupt
                     .report_broken("the network thread cannot wait for events");
                 return;
@@ -149,14 +149,6 @@ impl NetIo {
                 || (tx_wait == TxWait::Writable && tap & (libc::POLLOUT | trouble) != 0)
                 || tx_retry_at.is_some_and(|at| now >= at);
         }
-    }
-}
-
-fn pollfd(fd: i32, events: i16) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
     }
 }
 
@@ -194,7 +186,7 @@ mod tests {
     use crate::test_driver::{
         readable, recv, vnet_header, GuestDriver, PairBackend, Posted, RAM, RX_LAYOUT, TX_LAYOUT,
     };
-    use crate::VirtioNet;
+    use crate::{sys, VirtioNet};
 
     const QUEUE_SIZE: u16 = 16;
 

@@ -2,13 +2,13 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use shadow_mmu::GuestMemory;
 use virtqueue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::interrupt::Interrupt;
+use crate::io_thread::IoThreadStart;
 
 /// One queue handed to a device when the guest starts it: checked against
 /// guest memory, with the doorbell the guest rings for it.
@@ -32,68 +32,26 @@ pub struct Activation {
     pub io_thread_start: IoThreadStart,
 }
 
-/// The hypervisor's word at the start of a device's I/O thread: lg narrows
-/// there what the thread may do (its device-I/O seccomp filter), which
-/// only the thread itself can do. A device calls [`IoThreadStart::run`] as
-/// its thread's first act and needs to know nothing more; a failure is the
-/// hypervisor's to handle, and `run` does not return from it.
-#[derive(Clone)]
-pub struct IoThreadStart(Arc<dyn Fn() + Send + Sync>);
-
-impl IoThreadStart {
-    pub fn new(start: impl Fn() + Send + Sync + 'static) -> IoThreadStart {
-        IoThreadStart(Arc::new(start))
-    }
-
-    /// A start that does nothing, for hypervisors that confine no thread.
-    pub fn nothing() -> IoThreadStart {
-        IoThreadStart::new(|| {})
-    }
-
-    /// Called on the I/O thread, first.
-    pub fn run(&self) {
-        (self.0)()
+impl Activation {
+    /// Takes queue `index` out of the activation: `None` when the guest
+    /// did not enable it.
+    pub fn take_queue(&mut self, index: u16) -> Option<ActiveQueue> {
+        let at = self.queues.iter().position(|q| q.index == index)?;
+        Some(self.queues.swap_remove(at))
     }
 }
 
-/// A device's I/O thread and the eventfd that tells it to stop: what every
-/// device starts in `activate` and ends in `reset`.
-pub struct IoThread {
-    stop: EventFd,
-    thread: JoinHandle<()>,
-}
-
-impl IoThread {
-    /// Starts the thread `name`, which runs `start` and then `serve`.
-    /// `serve` is given the eventfd that [`IoThread::stop`] signals, and
-    /// must return once it fires. `role` names the thread in the error
-    /// ("the disk's I/O thread").
-    pub fn spawn(
-        name: &str,
-        role: &str,
-        start: IoThreadStart,
-        serve: impl FnOnce(EventFd) + Send + 'static,
-    ) -> Result<IoThread, ActivateError> {
-        let stop = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| ActivateError(format!("cannot create an eventfd: {e}")))?;
-        let thread_stop = stop
-            .try_clone()
-            .map_err(|e| ActivateError(format!("cannot share an eventfd: {e}")))?;
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                start.run();
-                serve(thread_stop)
-            })
-            .map_err(|e| ActivateError(format!("cannot start {role}: {e}")))?;
-        Ok(IoThread { stop, thread })
-    }
-
-    /// Tells the thread to stop and waits until it has: after this the
-    /// device no longer touches guest memory.
-    pub fn stop(self) {
-        let _ = self.stop.write(1);
-        let _ = self.thread.join();
+/// Reads `data.len()` bytes of a device's configuration space `config`
+/// from `offset`, as [`VirtioDevice::read_config`] promises: bytes past its
+/// end, at however absurd an offset, read as zero.
+pub fn copy_config(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = offset
+            .checked_add(i as u64)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| config.get(at))
+            .copied()
+            .unwrap_or(0);
     }
 }
 

@@ -17,8 +17,9 @@
 //! A device is a [`VirtioDevice`] implementation in its own crate: it says
 //! its type, queues and features, and when the guest sets DRIVER_OK it is
 //! handed its checked queues, their doorbells and an [`Interrupt`] to signal
-//! with, and serves them on an [`IoThread`] that its reset stops. Adding a
-//! device never touches this crate.
+//! with, and serves them on an [`IoThread`] that its reset stops, sleeping
+//! between batches in [`wait_for_work`]. Adding a device never touches
+//! this crate.
 //!
 //! The `test-util` feature exports `fake_hooks`, the hypervisor's side
 //! faked, so that a device crate's tests can run it behind the transport.
@@ -28,8 +29,10 @@ mod device;
 #[cfg(feature = "test-util")]
 pub mod fake_hooks;
 pub mod interrupt;
+mod io_thread;
 mod transport;
 
-pub use device::{ActivateError, Activation, ActiveQueue, IoThread, IoThreadStart, VirtioDevice};
+pub use device::{copy_config, ActivateError, Activation, ActiveQueue, VirtioDevice};
 pub use interrupt::{Interrupt, IntxLine, MsiSink};
+pub use io_thread::{poll, pollfd, wait_for_work, IoThread, IoThreadStart};
 pub use transport::{TransportHooks, VirtioPciDevice, BAR_SIZE};

@@ -32,8 +32,9 @@ use virtqueue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::common_config::{self, status, Field, Ring};
-use crate::device::{Activation, ActiveQueue, IoThreadStart, VirtioDevice};
+use crate::device::{Activation, ActiveQueue, VirtioDevice};
 use crate::interrupt::{Interrupt, IntxLine, MsiSink};
+use crate::io_thread::IoThreadStart;
 
 /// The size of BAR 0.
 pub const BAR_SIZE: u64 = 0x8000;

@@ -10,10 +10,10 @@
 //! lg fills the buffers from the host's `getrandom(2)`, on a thread of the
 //! device's own, woken by the guest's doorbell.
 
-use std::os::fd::AsRawFd;
-
 use shadow_mmu::GuestMemory;
-use virtio_pci::{ActivateError, Activation, ActiveQueue, Interrupt, IoThread, VirtioDevice};
+use virtio_pci::{
+    wait_for_work, ActivateError, Activation, ActiveQueue, Interrupt, IoThread, VirtioDevice,
+};
 use virtqueue::{Queue, QueueError};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -60,13 +60,9 @@ impl VirtioDevice for VirtioRng {
         data.fill(0);
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let Some(queue) = activation
-            .queues
-            .into_iter()
-            .find(|q| q.index == REQUEST_QUEUE)
-        else {
+        let Some(queue) = activation.take_queue(REQUEST_QUEUE) else {
             return Ok(());
         };
         let memory = activation.memory;
@@ -104,18 +100,9 @@ fn serve(mut queue: ActiveQueue, memory: &GuestMemory, interrupt: &Interrupt, st
                 return;
             }
         }
-        let mut fds = [pollfd(stop.as_raw_fd()), pollfd(queue.kick.as_raw_fd())];
-        // SAFETY: `fds` is a live array of two pollfds for the duration of
-        // the call; poll only writes their revents.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            interrupt.report_broken("the rng thread cannot wait for events");
+        if !wait_for_work(stop, &[&queue.kick], interrupt, "the rng thread") {
             return;
         }
-        if fds[0].revents != 0 {
-            return;
-        }
-        let _ = queue.kick.read();
     }
 }
 
@@ -171,14 +158,6 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
         filled += got as usize;
     }
     Ok(())
-}
-
-fn pollfd(fd: i32) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
 }
 
 #[cfg(test)]
