@@ -162,80 +162,59 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use virtqueue::test_driver::{GuestDriver, Posted};
+
     use super::*;
-    use shadow_mmu::GuestAddress;
 
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
-    const DATA: u64 = 0x10000;
-
-    /// A queue of size 4 with one writable buffer of `len` bytes available.
-    fn queue_with_buffer(mem: &GuestMemory, len: u32) -> Queue {
-        let mut queue = Queue::new(4);
-        queue.set_size(4);
-        queue.set_desc_table(DESC);
-        queue.set_avail_ring(AVAIL);
-        queue.set_used_ring(USED);
-        queue.set_ready(true);
-        // Descriptor 0: DATA, len, WRITE.
-        mem.write_obj(GuestAddress(DESC), &DATA).unwrap();
-        mem.write_obj(GuestAddress(DESC + 8), &len).unwrap();
-        mem.write_obj(GuestAddress(DESC + 12), &2u16).unwrap();
-        // avail.ring[0] = 0, avail.idx = 1.
-        mem.write_obj(GuestAddress(AVAIL + 4), &0u16).unwrap();
-        mem.write_obj(GuestAddress(AVAIL + 2), &1u16).unwrap();
-        queue.validate(mem).unwrap();
-        queue
-    }
-
-    fn used_len(mem: &GuestMemory) -> u32 {
-        mem.read_obj::<u32>(GuestAddress(USED + 4 + 4)).unwrap()
+    /// A guest whose queue of 4 holds one writable buffer of `len` bytes.
+    fn guest_with_buffer(len: u32) -> (GuestDriver, Queue, Posted) {
+        let mut driver = GuestDriver::new(4);
+        let queue = driver.queue();
+        let posted = driver.add_chain(&[], &[len]);
+        (driver, queue, posted)
     }
 
     #[test]
     fn fills_a_buffer_with_random_bytes() {
-        let mem = GuestMemory::new(1 << 20).unwrap();
-        let mut queue = queue_with_buffer(&mem, 64);
-        let wants_interrupt = fill_available(&mut queue, &mem, &mut getrandom).unwrap();
+        let (mut driver, mut queue, posted) = guest_with_buffer(64);
+        let wants_interrupt = fill_available(&mut queue, &driver.mem, &mut getrandom).unwrap();
         assert!(wants_interrupt);
-        assert_eq!(used_len(&mem), 64);
-        let mut bytes = [0u8; 64];
-        mem.read(GuestAddress(DATA), &mut bytes).unwrap();
+        assert_eq!(driver.take_used(), Some((0, 64)));
+        // The driver filled the buffer with 0xee; 64 random bytes are not
+        // all that.
+        let bytes = posted.contents(&driver, 64);
         assert!(
-            bytes.iter().any(|&b| b != 0),
-            "64 random bytes are not all zero"
+            bytes.iter().any(|&b| b != 0xee),
+            "the buffer was not filled"
         );
     }
 
     #[test]
     fn a_huge_buffer_gets_a_bounded_amount() {
-        let mem = GuestMemory::new(1 << 20).unwrap();
-        let mut queue = queue_with_buffer(&mem, 512 * 1024);
-        fill_available(&mut queue, &mem, &mut |buf| {
+        let (mut driver, mut queue, _) = guest_with_buffer(512 * 1024);
+        fill_available(&mut queue, &driver.mem, &mut |buf| {
             buf.fill(0xaa);
             Ok(())
         })
         .unwrap();
-        assert_eq!(used_len(&mem) as usize, MAX_BYTES_PER_BUFFER);
+        let (_, used) = driver.take_used().unwrap();
+        assert_eq!(used as usize, MAX_BYTES_PER_BUFFER);
     }
 
     #[test]
     fn no_entropy_means_an_empty_buffer_not_predictable_bytes() {
-        let mem = GuestMemory::new(1 << 20).unwrap();
-        let mut queue = queue_with_buffer(&mem, 32);
-        fill_available(&mut queue, &mem, &mut |_| {
+        let (mut driver, mut queue, _) = guest_with_buffer(32);
+        fill_available(&mut queue, &driver.mem, &mut |_| {
             Err(std::io::Error::other("no entropy"))
         })
         .unwrap();
-        assert_eq!(used_len(&mem), 0);
+        assert_eq!(driver.take_used(), Some((0, 0)));
     }
 
     #[test]
     fn a_buffer_outside_ram_is_a_queue_error_not_a_panic() {
-        let mem = GuestMemory::new(1 << 20).unwrap();
-        let mut queue = queue_with_buffer(&mem, 64);
-        mem.write_obj(GuestAddress(DESC), &(2u64 << 20)).unwrap();
-        assert!(fill_available(&mut queue, &mem, &mut getrandom).is_err());
+        let (driver, mut queue, posted) = guest_with_buffer(64);
+        driver.point_outside_ram(posted.head);
+        assert!(fill_available(&mut queue, &driver.mem, &mut getrandom).is_err());
     }
 }
