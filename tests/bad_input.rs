@@ -11,7 +11,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{case, script, test_host_limit, KILLED_BY_TIMEOUT};
+use lg_e2e::{case, script, start_once, test_host_limit, KILLED_BY_TIMEOUT};
 use xtask::{TestHost, TestHostRun};
 
 /// The files the cases need, made inside the test host.
@@ -44,7 +44,7 @@ const CASES: [(&str, &str); 8] = [
 
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    start_once(&RUN, || {
         let mut body = SETUP.to_string();
         for (name, args) in CASES {
             body.push_str(&format!("lg_fail {name} {args}\n"));
@@ -53,11 +53,7 @@ fn test_host() -> &'static TestHostRun {
             .timeout(test_host_limit(0, CASES.len() as u32))
             .run(&script(&body))
             .map_err(|e| e.to_string())
-    });
-    match run {
-        Ok(run) => run,
-        Err(e) => panic!("{e}"),
-    }
+    })
 }
 
 /// Checks that case `name` was refused in one `lg: ` line naming one of `culprits`.

@@ -16,7 +16,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{boot_kit, case, script, test_host_limit};
+use lg_e2e::{boot_kit, case, script, start_once, test_host_limit};
 use xtask::{Kit, TestHost, TestHostRun};
 
 /// `lg` arguments booting the kit with `disks` (lg options, which go before
@@ -27,7 +27,7 @@ fn with_disks(disks: &str, kernel_args: &str) -> String {
 
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    start_once(&RUN, || {
         // The guest writes to its disk: give it a copy, not the kit's image.
         let image = std::env::temp_dir().join(format!("lg-e2e-root-{}.img", std::process::id()));
         std::fs::copy(Kit::rootfs(), &image)
@@ -52,11 +52,7 @@ fn test_host() -> &'static TestHostRun {
             .map_err(|e| e.to_string());
         let _ = std::fs::remove_file(&image);
         run
-    });
-    match run {
-        Ok(run) => run,
-        Err(e) => panic!("{e}"),
-    }
+    })
 }
 
 #[test]

@@ -14,12 +14,12 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{boot_kit, case, script, test_host_limit};
+use lg_e2e::{boot_kit, case, script, start_once, test_host_limit};
 use xtask::{TestHost, TestHostRun};
 
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    start_once(&RUN, || {
         let body = format!(
             "lg_case poweroff {}\nlg_case reboot {}\nlg_case smp {}\n\
              printf 'echo LG_TYPED_$((6 * 7))\\npoweroff -f\\n' | lg_case typed {}\n\
@@ -36,11 +36,7 @@ fn test_host() -> &'static TestHostRun {
             .timeout(test_host_limit(7, 0))
             .run(&script(&body))
             .map_err(|e| e.to_string())
-    });
-    match run {
-        Ok(run) => run,
-        Err(e) => panic!("{e}"),
-    }
+    })
 }
 
 #[test]

@@ -15,7 +15,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{script, test_host_limit};
+use lg_e2e::{script, start_once, test_host_limit};
 use xtask::soak::{self, Boot, Soak};
 use xtask::{Echo, Kit, TestHost, TestHostRun};
 
@@ -24,7 +24,7 @@ const KILL_CYCLES: u32 = 20;
 
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    start_once(&RUN, || {
         let image = std::env::temp_dir().join(format!("lg-e2e-durable-{}.img", std::process::id()));
         std::fs::copy(Kit::rootfs(), &image)
             .map_err(|e| format!("cannot copy {}: {e}", Kit::rootfs().display()))?;
@@ -38,11 +38,7 @@ fn test_host() -> &'static TestHostRun {
             .map_err(|e| e.to_string());
         let _ = std::fs::remove_file(&image);
         run
-    });
-    match run {
-        Ok(run) => run,
-        Err(e) => panic!("{e}"),
-    }
+    })
 }
 
 #[test]

@@ -32,7 +32,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use lg_e2e::{case, script, test_host_limit, Case};
+use lg_e2e::{case, script, start_once, test_host_limit, Case};
 use xtask::{TestHost, TestHostRun};
 
 /// Where each tiny kernel is loaded and entered: 1 MiB, the lowest address
@@ -217,7 +217,7 @@ const LG_TINY: &str = "lg_tiny() { lg_fail \"$@\"; }\n";
 
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    start_once(&RUN, || {
         let kernels = build_kernels();
         let mut body = LG_TINY.to_string();
         for (name, _) in KERNELS {
@@ -239,11 +239,7 @@ fn test_host() -> &'static TestHostRun {
             .map_err(|e| e.to_string());
         let _ = fs::remove_dir_all(&kernels);
         run
-    });
-    match run {
-        Ok(run) => run,
-        Err(e) => panic!("{e}"),
-    }
+    })
 }
 
 /// Checks that case `name` ended with status 0 and lg said nothing on stderr.

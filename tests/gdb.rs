@@ -22,7 +22,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{script, test_host_limit};
+use lg_e2e::{script, start_once, test_host_limit};
 use xtask::{TestHost, TestHostRun};
 
 const KIT: &str = "/kit/bzImage --initrd=/kit/initrd.cpio.gz console=ttyS0 panic=-1";
@@ -141,7 +141,7 @@ show_file LG_WAITER /tmp/waiter.log
 
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    start_once(&RUN, || {
         let files = xtask::testhost::gdb_files().map_err(|e| e.to_string())?;
         files
             .into_iter()
@@ -151,11 +151,7 @@ fn test_host() -> &'static TestHostRun {
             .timeout(test_host_limit(4, 0))
             .run(&script(&body()))
             .map_err(|e| e.to_string())
-    });
-    match run {
-        Ok(run) => run,
-        Err(e) => panic!("{e}"),
-    }
+    })
 }
 
 /// The lines printed with `prefix `, without it.

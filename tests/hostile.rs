@@ -20,7 +20,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{boot_kit, case, script, test_host_limit, Case};
+use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, Case};
 use xtask::{TestHost, TestHostRun};
 
 /// The devices lg-hostile attacks, by the name it prints and lg logs.
@@ -76,7 +76,7 @@ printf '\nLG_E2E_END hostile %s\n' "$status"
 
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    start_once(&RUN, || {
         // 256 MiB: lg-hostile's huge-chain-length needs 130 MiB of RAM for
         // its buffers to lie inside it.
         // The network card's transmit queue is the one attacked (its
@@ -99,11 +99,7 @@ fn test_host() -> &'static TestHostRun {
             .timeout(test_host_limit(1, 0) + std::time::Duration::from_secs(HOSTILE_LIMIT_SECS))
             .run(&script(&body))
             .map_err(|e| e.to_string())
-    });
-    match run {
-        Ok(run) => run,
-        Err(e) => panic!("{e}"),
-    }
+    })
 }
 
 /// What reaches lg's standard output through virtio-console rather than

@@ -19,7 +19,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{case, script, test_host_limit};
+use lg_e2e::{case, script, start_once, test_host_limit};
 use xtask::{TestHost, TestHostRun};
 
 const KIT: &str = "/kit/bzImage --initrd=/kit/initrd.cpio.gz console=ttyS0 panic=-1";
@@ -108,16 +108,12 @@ lg_fail unknown stop nosuchguest
 
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    start_once(&RUN, || {
         TestHost::new()
             .timeout(test_host_limit(6, 2))
             .run(&script(&body()))
             .map_err(|e| e.to_string())
-    });
-    match run {
-        Ok(run) => run,
-        Err(e) => panic!("{e}"),
-    }
+    })
 }
 
 /// The lines a `show PREFIX` printed, without the prefix.

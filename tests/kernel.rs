@@ -29,7 +29,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use lg_e2e::{case, script, test_host_limit, Case};
+use lg_e2e::{case, script, start_once, test_host_limit, Case};
 use xtask::{Kit, TestHost, TestHostRun};
 
 /// The kernels under test: their case-name prefix and their file.
@@ -84,7 +84,7 @@ fn test_host(test: &str) -> Option<&'static TestHostRun> {
         return None;
     }
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    Some(start_once(&RUN, || {
         // The guest writes to its disk: give it a copy, not the kit's image.
         let image = std::env::temp_dir().join(format!("lg-e2e-kroot-{}.img", std::process::id()));
         std::fs::copy(Kit::rootfs(), &image)
@@ -123,11 +123,7 @@ fn test_host(test: &str) -> Option<&'static TestHostRun> {
         let run = host.run(&script(&body)).map_err(|e| e.to_string());
         let _ = std::fs::remove_file(&image);
         run
-    });
-    match run {
-        Ok(run) => Some(run),
-        Err(e) => panic!("{e}"),
-    }
+    }))
 }
 
 /// The case `<kernel>-<what>` of the run.

@@ -16,6 +16,7 @@
 //! Run them with `cargo xtask test`, which first builds lg, the kit and the
 //! test host; the tests themselves never run cargo.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Shell functions every script starts with.
@@ -69,6 +70,19 @@ pub fn script(body: &str) -> String {
 /// hung guest is reported as its case rather than as a killed test host.
 pub fn test_host_limit(cases: u32, fails: u32) -> Duration {
     Duration::from_secs(90) + CASE_LIMIT * cases + FAIL_LIMIT * fails
+}
+
+/// The one test-host run a file's tests share, in `run`: started by
+/// `start` for whichever test asks first. A run that could not be started
+/// fails every test that asks, each with the reason.
+pub fn start_once<T>(
+    run: &'static OnceLock<Result<T, String>>,
+    start: impl FnOnce() -> Result<T, String>,
+) -> &'static T {
+    match run.get_or_init(start) {
+        Ok(run) => run,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// `lg` arguments that boot the guest kit with `memory_mb` MiB of RAM and

@@ -10,12 +10,12 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{boot_kit, case, script, test_host_limit, Case};
+use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, Case};
 use xtask::{TestHost, TestHostRun};
 
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    start_once(&RUN, || {
         let body = format!(
             "lg_case mem256 {}\nlg_case mem3500 {}\n",
             boot_kit(256, "lgtest=meminfo"),
@@ -28,11 +28,7 @@ fn test_host() -> &'static TestHostRun {
             .timeout(test_host_limit(2, 0))
             .run(&script(&body))
             .map_err(|e| e.to_string())
-    });
-    match run {
-        Ok(run) => run,
-        Err(e) => panic!("{e}"),
-    }
+    })
 }
 
 /// MemTotal in MiB as the guest printed it.

@@ -19,7 +19,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{boot_kit, case, script, test_host_limit, Case};
+use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, Case};
 use xtask::{TestHost, TestHostRun};
 
 /// `lg run` booting the kit with lg options `options` and `kernel_args`.
@@ -108,18 +108,14 @@ echo "LG_TAPS_AFTER_FAILURES=[$(taps)]"
 
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    start_once(&RUN, || {
         TestHost::new()
             // Two guests, the host's 64 MiB and the copy it fetches.
             .memory_mb(3072)
             .timeout(test_host_limit(6, 2))
             .run(&script(&body()))
             .map_err(|e| e.to_string())
-    });
-    match run {
-        Ok(run) => run,
-        Err(e) => panic!("{e}"),
-    }
+    })
 }
 
 /// The value after `marker` on the first transcript line that has it.

@@ -14,7 +14,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{boot_kit, case, script, test_host_limit};
+use lg_e2e::{boot_kit, case, script, start_once, test_host_limit};
 use xtask::{TestHost, TestHostRun};
 
 /// Boots a guest with `console=hvc0`, waits for its shell prompt on lg's
@@ -43,7 +43,7 @@ lg_hvc_case() {
 
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    start_once(&RUN, || {
         let body = format!(
             "{HVC_CASE}\nlg_case lspci {}\nlg_hvc_case {}\nlg_case cpus4 {}\nlg_case rng {}\n",
             boot_kit(256, "lgtest=lspci"),
@@ -57,11 +57,7 @@ fn test_host() -> &'static TestHostRun {
             .timeout(test_host_limit(4, 0))
             .run(&script(&body))
             .map_err(|e| e.to_string())
-    });
-    match run {
-        Ok(run) => run,
-        Err(e) => panic!("{e}"),
-    }
+    })
 }
 
 #[test]

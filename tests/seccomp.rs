@@ -19,7 +19,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{script, test_host_limit};
+use lg_e2e::{script, start_once, test_host_limit};
 use xtask::{TestHost, TestHostRun};
 
 const BODY: &str = r#"
@@ -71,16 +71,12 @@ done
 
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    start_once(&RUN, || {
         TestHost::new()
             .timeout(test_host_limit(4, 0))
             .run(&script(BODY))
             .map_err(|e| e.to_string())
-    });
-    match run {
-        Ok(run) => run,
-        Err(e) => panic!("{e}"),
-    }
+    })
 }
 
 /// Each thread listed at `when` ("before" or "after" the first control
