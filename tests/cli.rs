@@ -17,12 +17,11 @@
 //! which also prepares the test host).
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use lg_e2e::{run_here, Outcome};
 use xtask::{lg_binary, target_dir, workspace_root, Kit};
 
 /// A refusal takes milliseconds; a run that gets this far went wrong.
@@ -98,43 +97,13 @@ impl Scratch {
             Program::Lguest => self.dir.join("lguest"),
             Program::LguestHardLink => self.dir.join("hard/lguest"),
         };
-        let mut child = Command::new(&path)
-            .args(self.words(line))
-            .current_dir(&self.dir)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
-        let read_all = |pipe: Option<Box<dyn Read + Send>>| {
-            thread::spawn(move || {
-                let mut text = String::new();
-                if let Some(mut pipe) = pipe {
-                    let _ = pipe.read_to_string(&mut text);
-                }
-                text
-            })
-        };
-        let stdout = read_all(child.stdout.take().map(|p| Box::new(p) as _));
-        let stderr = read_all(child.stderr.take().map(|p| Box::new(p) as _));
-        let started = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status.code(),
-                Ok(None) if started.elapsed() < LIMIT => thread::sleep(Duration::from_millis(10)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-            }
-        };
-        Outcome {
-            status,
-            stdout: stdout.join().unwrap_or_default(),
-            stderr: stderr.join().unwrap_or_default(),
-        }
+        run_here(
+            Command::new(&path)
+                .args(self.words(line))
+                .current_dir(&self.dir)
+                .env_remove("RUST_LOG"),
+            LIMIT,
+        )
     }
 }
 
@@ -152,13 +121,6 @@ enum Program {
     Lguest,
     /// A hard link named `lguest`.
     LguestHardLink,
-}
-
-struct Outcome {
-    /// None: killed after [`LIMIT`], or by a signal.
-    status: Option<i32>,
-    stdout: String,
-    stderr: String,
 }
 
 /// (case, program, command line, the culprit lg's message must name).

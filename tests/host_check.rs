@@ -9,21 +9,14 @@
 //! and powers off, and must not blame kvm_pvm. No test host here: this is
 //! about the machine lg runs on.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use lg_e2e::{run_here, Outcome};
 use xtask::{lg_binary, HostKvm, Kit};
 
 /// Long enough for a real KVM to boot the kit; a refusal takes milliseconds.
 const LIMIT: Duration = Duration::from_secs(120);
-
-struct Outcome {
-    status: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
 
 /// Runs lg on this machine with the guest kit, killing it after [`LIMIT`].
 fn run_lg_here() -> Outcome {
@@ -34,46 +27,15 @@ fn run_lg_here() -> Outcome {
         lg.display()
     );
     let kit = Kit::existing().unwrap_or_else(|e| panic!("{e}"));
-    let mut child = Command::new(&lg)
-        .arg("run")
-        .arg("256")
-        .arg(&kit.bzimage)
-        .arg(format!("--initrd={}", kit.initrd.display()))
-        .args(["console=ttyS0", "panic=-1", "lgtest=poweroff"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", lg.display()));
-    let read_all = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            text
-        })
-    };
-    let stdout = read_all(child.stdout.take().map(|p| Box::new(p) as _));
-    let stderr = read_all(child.stderr.take().map(|p| Box::new(p) as _));
-
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status.code(),
-            Ok(None) if started.elapsed() < LIMIT => thread::sleep(Duration::from_millis(50)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    Outcome {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    }
+    run_here(
+        Command::new(&lg)
+            .arg("run")
+            .arg("256")
+            .arg(&kit.bzimage)
+            .arg(format!("--initrd={}", kit.initrd.display()))
+            .args(["console=ttyS0", "panic=-1", "lgtest=poweroff"]),
+        LIMIT,
+    )
 }
 
 #[test]

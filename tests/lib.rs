@@ -16,8 +16,11 @@
 //! Run them with `cargo xtask test`, which first builds lg, the kit and the
 //! test host; the tests themselves never run cargo.
 
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 /// Shell functions every script starts with.
 ///
@@ -83,6 +86,58 @@ pub fn start_once<T>(
         Ok(run) => run,
         Err(e) => panic!("{e}"),
     }
+}
+
+/// What a program run on this machine, not in a test host, left.
+pub struct Outcome {
+    /// None: killed after its time limit, or by a signal.
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` on this machine with no input and its output captured,
+/// killing it once it has run for `limit`.
+pub fn run_here(command: &mut Command, limit: Duration) -> Outcome {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    // Both pipes read at once, so that neither fills while lg writes the
+    // other.
+    let stdout = read_all(child.stdout.take());
+    let stderr = read_all(child.stderr.take());
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status.code(),
+            Ok(None) if started.elapsed() < limit => thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    Outcome {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn read_all(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    })
 }
 
 /// `lg` arguments that boot the guest kit with `memory_mb` MiB of RAM and
@@ -277,5 +332,25 @@ half a line";
             "run 256 /kit/bzImage --initrd=/kit/initrd.cpio.gz console=ttyS0 panic=-1 \
              lgtest=poweroff"
         );
+    }
+
+    #[test]
+    fn a_program_run_here_leaves_its_status_and_both_outputs() {
+        let mut sh = Command::new("sh");
+        let outcome = run_here(
+            sh.args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(outcome.status, Some(3));
+        assert_eq!(
+            (outcome.stdout.as_str(), outcome.stderr.as_str()),
+            ("out\n", "err\n")
+        );
+    }
+
+    #[test]
+    fn a_program_run_here_past_its_limit_is_killed() {
+        let outcome = run_here(Command::new("sleep").arg("60"), Duration::from_millis(50));
+        assert_eq!(outcome.status, None);
     }
 }
