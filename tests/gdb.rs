@@ -156,19 +156,12 @@ fn test_host() -> &'static TestHostRun {
 
 /// The lines printed with `prefix `, without it.
 fn shown(prefix: &str) -> Vec<String> {
-    let marker = format!("{prefix} ");
-    test_host()
-        .output
-        .lines()
-        .filter_map(|line| line.strip_prefix(&marker).map(|l| l.trim_end().to_string()))
-        .collect()
+    lg_e2e::shown(&test_host().output, prefix)
 }
 
+/// What the script printed after `marker`.
 fn value(marker: &str) -> Option<String> {
-    test_host().output.lines().find_map(|line| {
-        let at = line.find(marker)?;
-        Some(line[at + marker.len()..].trim().to_string())
-    })
+    lg_e2e::value(&test_host().output, marker)
 }
 
 fn tell(prefixes: &[&str]) -> String {

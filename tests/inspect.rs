@@ -116,14 +116,9 @@ fn test_host() -> &'static TestHostRun {
     })
 }
 
-/// The lines a `show PREFIX` printed, without the prefix.
+/// The lines printed with `prefix `, without it.
 fn shown(prefix: &str) -> Vec<String> {
-    let marker = format!("{prefix} ");
-    test_host()
-        .output
-        .lines()
-        .filter_map(|line| line.strip_prefix(&marker).map(String::from))
-        .collect()
+    lg_e2e::shown(&test_host().output, prefix)
 }
 
 /// The exit status `show PREFIX` reported.
@@ -135,11 +130,9 @@ fn status(prefix: &str) -> Option<i32> {
         .find_map(|line| line.strip_prefix(&marker)?.trim().parse().ok())
 }
 
+/// What the script printed after `marker`.
 fn value(marker: &str) -> Option<String> {
-    test_host().output.lines().find_map(|line| {
-        let at = line.find(marker)?;
-        Some(line[at + marker.len()..].trim().to_string())
-    })
+    lg_e2e::value(&test_host().output, marker)
 }
 
 fn whole_output() -> String {

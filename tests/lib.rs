@@ -261,6 +261,26 @@ pub fn cases(transcript: &str) -> Vec<Case> {
     cases
 }
 
+/// The lines of `transcript` that start with `prefix ` (what a script's
+/// `show PREFIX command` or `show_file PREFIX file` printed), without it
+/// and without the console's trailing white space.
+pub fn shown(transcript: &str, prefix: &str) -> Vec<String> {
+    let marker = format!("{prefix} ");
+    transcript
+        .lines()
+        .filter_map(|line| line.strip_prefix(&marker).map(|l| l.trim_end().to_string()))
+        .collect()
+}
+
+/// What follows `marker` on the first line of `transcript` that has it,
+/// trimmed: `LG_SYNC_ADDR=` gives the address the script printed after it.
+pub fn value(transcript: &str, marker: &str) -> Option<String> {
+    transcript.lines().find_map(|line| {
+        let at = line.find(marker)?;
+        Some(line[at + marker.len()..].trim().to_string())
+    })
+}
+
 /// The case called `name`, or a panic that shows the whole transcript's end.
 pub fn case(transcript: &str, name: &str) -> Case {
     match cases(transcript).into_iter().find(|c| c.name == name) {
@@ -352,5 +372,13 @@ half a line";
     fn a_program_run_here_past_its_limit_is_killed() {
         let outcome = run_here(Command::new("sleep").arg("60"), Duration::from_millis(50));
         assert_eq!(outcome.status, None);
+    }
+
+    #[test]
+    fn shown_lines_and_values_are_found_by_their_markers() {
+        let transcript = "LG_PS NAME PID\nLG_PS alpha 42  \nLG_PSX no\nboot: LG_ADDR= 0xffff \n";
+        assert_eq!(shown(transcript, "LG_PS"), ["NAME PID", "alpha 42"]);
+        assert_eq!(value(transcript, "LG_ADDR="), Some("0xffff".into()));
+        assert_eq!(value(transcript, "LG_NONE="), None);
     }
 }
