@@ -11,7 +11,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{case, script, start_once, test_host_limit, KILLED_BY_TIMEOUT};
+use lg_e2e::{case, names, script, start_once, test_host_limit, KILLED_BY_TIMEOUT};
 use xtask::{TestHost, TestHostRun};
 
 /// The files the cases need, made inside the test host.
@@ -81,17 +81,6 @@ fn assert_refused(name: &str, culprits: &[&str]) {
         "lg's message should name the culprit ({})\n{story}",
         culprits.join(" or ")
     );
-}
-
-/// Whether `line` names `culprit`: as a substring for paths and words, as a
-/// whole token for numbers (so `0` is not found inside `0x1000000`).
-fn names(line: &str, culprit: &str) -> bool {
-    if culprit.chars().all(|c| c.is_ascii_digit()) {
-        line.split(|c: char| !c.is_ascii_alphanumeric())
-            .any(|token| token == culprit)
-    } else {
-        line.contains(culprit)
-    }
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use lg_e2e::{run_here, Outcome};
+use lg_e2e::{names, run_here, Outcome};
 use xtask::{lg_binary, target_dir, workspace_root, Kit};
 
 /// A refusal takes milliseconds; a run that gets this far went wrong.
@@ -323,17 +323,6 @@ const BAD: &[(&str, Program, &str, &str)] = &[
     ),
     ("lg lguest", Program::Lg, "lguest 64", "kernel"),
 ];
-
-/// Whether `line` names `culprit`: as a substring for paths and words, as a
-/// whole token for numbers (so `0` is not found inside `0x1000000`).
-fn names(line: &str, culprit: &str) -> bool {
-    if culprit.chars().all(|c| c.is_ascii_digit()) {
-        line.split(|c: char| !c.is_ascii_alphanumeric())
-            .any(|token| token == culprit)
-    } else {
-        line.contains(culprit)
-    }
-}
 
 #[test]
 fn bad_command_lines_are_refused_in_one_line_naming_the_culprit() {

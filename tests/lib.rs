@@ -281,6 +281,17 @@ pub fn value(transcript: &str, marker: &str) -> Option<String> {
     })
 }
 
+/// Whether lg's refusal `line` names `culprit`: as a substring for paths and words, as a
+/// whole token for numbers (so `0` is not found inside `0x1000000`).
+pub fn names(line: &str, culprit: &str) -> bool {
+    if culprit.chars().all(|c| c.is_ascii_digit()) {
+        line.split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|token| token == culprit)
+    } else {
+        line.contains(culprit)
+    }
+}
+
 /// The case called `name`, or a panic that shows the whole transcript's end.
 pub fn case(transcript: &str, name: &str) -> Case {
     match cases(transcript).into_iter().find(|c| c.name == name) {
@@ -380,5 +391,15 @@ half a line";
         assert_eq!(shown(transcript, "LG_PS"), ["NAME PID", "alpha 42"]);
         assert_eq!(value(transcript, "LG_ADDR="), Some("0xffff".into()));
         assert_eq!(value(transcript, "LG_NONE="), None);
+    }
+
+    #[test]
+    fn a_number_is_named_only_as_a_whole_token() {
+        assert!(names("lg: memory 0 MiB is too small", "0"));
+        assert!(!names("lg: 0x1000000 is taken", "0"));
+        assert!(names(
+            "lg: /tmp/no-such-kernel: not found",
+            "no-such-kernel"
+        ));
     }
 }
