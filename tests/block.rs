@@ -16,7 +16,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{boot_kit, case, script, start_once, test_host_limit};
+use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, with_copy_of};
 use xtask::{Kit, TestHost, TestHostRun};
 
 /// `lg` arguments booting the kit with `disks` (lg options, which go before
@@ -28,10 +28,6 @@ fn with_disks(disks: &str, kernel_args: &str) -> String {
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
     start_once(&RUN, || {
-        // The guest writes to its disk: give it a copy, not the kit's image.
-        let image = std::env::temp_dir().join(format!("lg-e2e-root-{}.img", std::process::id()));
-        std::fs::copy(Kit::rootfs(), &image)
-            .map_err(|e| format!("cannot copy {}: {e}", Kit::rootfs().display()))?;
         let rootfs = with_disks("--block=/disk/root.img", "root=/dev/vda lgtest=rootfs");
         let body = format!(
             "lg_case rootfs1 {rootfs}\nlg_case rootfs2 {rootfs}\n\
@@ -45,13 +41,13 @@ fn test_host() -> &'static TestHostRun {
             with_disks("--block=/tmp/odd.img", ""),
             with_disks("--block=/disk/root.img --block=/disk/../disk/root.img", ""),
         );
-        let run = TestHost::new()
-            .file(&image, "/disk/root.img")
-            .timeout(test_host_limit(3, 4))
-            .run(&script(&body))
-            .map_err(|e| e.to_string());
-        let _ = std::fs::remove_file(&image);
-        run
+        with_copy_of(&Kit::rootfs(), "root", |image| {
+            TestHost::new()
+                .file(image, "/disk/root.img")
+                .timeout(test_host_limit(3, 4))
+                .run(&script(&body))
+                .map_err(|e| e.to_string())
+        })
     })
 }
 

@@ -15,7 +15,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{script, start_once, test_host_limit};
+use lg_e2e::{script, start_once, test_host_limit, with_copy_of};
 use xtask::soak::{self, Boot, Soak};
 use xtask::{Echo, Kit, TestHost, TestHostRun};
 
@@ -25,19 +25,16 @@ const KILL_CYCLES: u32 = 20;
 fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
     start_once(&RUN, || {
-        let image = std::env::temp_dir().join(format!("lg-e2e-durable-{}.img", std::process::id()));
-        std::fs::copy(Kit::rootfs(), &image)
-            .map_err(|e| format!("cannot copy {}: {e}", Kit::rootfs().display()))?;
         let body = "dd if=/dev/zero of=/tmp/second.img bs=1M count=8 2>/dev/null\n\
              lg_case twodisks run --block=/disk/root.img --block=/tmp/second.img 256 \
              /kit/bzImage --initrd=/kit/initrd.cpio.gz console=ttyS0 panic=-1 lgtest=twodisks\n";
-        let run = TestHost::new()
-            .file(&image, "/disk/root.img")
-            .timeout(test_host_limit(1, 0))
-            .run(&script(body))
-            .map_err(|e| e.to_string());
-        let _ = std::fs::remove_file(&image);
-        run
+        with_copy_of(&Kit::rootfs(), "durable", |image| {
+            TestHost::new()
+                .file(image, "/disk/root.img")
+                .timeout(test_host_limit(1, 0))
+                .run(&script(body))
+                .map_err(|e| e.to_string())
+        })
     })
 }
 

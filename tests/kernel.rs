@@ -29,7 +29,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use lg_e2e::{case, script, start_once, test_host_limit, Case};
+use lg_e2e::{case, script, start_once, test_host_limit, with_copy_of, Case};
 use xtask::{Kit, TestHost, TestHostRun};
 
 /// The kernels under test: their case-name prefix and their file.
@@ -85,10 +85,6 @@ fn test_host(test: &str) -> Option<&'static TestHostRun> {
     }
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
     Some(start_once(&RUN, || {
-        // The guest writes to its disk: give it a copy, not the kit's image.
-        let image = std::env::temp_dir().join(format!("lg-e2e-kroot-{}.img", std::process::id()));
-        std::fs::copy(Kit::rootfs(), &image)
-            .map_err(|e| format!("cannot copy {}: {e}", Kit::rootfs().display()))?;
         let mut body = String::new();
         for (name, _) in kernels() {
             // 64 MiB and no --initrd, as in the seed's example.
@@ -114,15 +110,15 @@ fn test_host(test: &str) -> Option<&'static TestHostRun> {
                      root=/dev/vda",
                 ),
         );
-        let mut host = TestHost::new()
-            .file(&image, "/disk/root.img")
-            .timeout(test_host_limit(5, 0));
-        for (name, path) in kernels() {
-            host = host.file(path, &format!("/kernel/{name}"));
-        }
-        let run = host.run(&script(&body)).map_err(|e| e.to_string());
-        let _ = std::fs::remove_file(&image);
-        run
+        with_copy_of(&Kit::rootfs(), "kroot", |image| {
+            let mut host = TestHost::new()
+                .file(image, "/disk/root.img")
+                .timeout(test_host_limit(5, 0));
+            for (name, path) in kernels() {
+                host = host.file(path, &format!("/kernel/{name}"));
+            }
+            host.run(&script(&body)).map_err(|e| e.to_string())
+        })
     }))
 }
 

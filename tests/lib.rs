@@ -17,6 +17,7 @@
 //! test host; the tests themselves never run cargo.
 
 use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::thread::{self, JoinHandle};
@@ -86,6 +87,21 @@ pub fn start_once<T>(
         Ok(run) => run,
         Err(e) => panic!("{e}"),
     }
+}
+
+/// Runs `run` with a scratch copy of the disk image `image`, named after
+/// `name`, and removes the copy afterwards: a guest that writes to its disk
+/// must not write to the kit's.
+pub fn with_copy_of<T>(
+    image: &Path,
+    name: &str,
+    run: impl FnOnce(&Path) -> Result<T, String>,
+) -> Result<T, String> {
+    let copy = std::env::temp_dir().join(format!("lg-e2e-{name}-{}.img", std::process::id()));
+    std::fs::copy(image, &copy).map_err(|e| format!("cannot copy {}: {e}", image.display()))?;
+    let result = run(&copy);
+    let _ = std::fs::remove_file(&copy);
+    result
 }
 
 /// What a program run on this machine, not in a test host, left.
