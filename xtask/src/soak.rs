@@ -17,7 +17,10 @@
 //!   a boot passes when the guest printed `LG_GUEST_INIT_OK` and lg exited 0.
 //!
 //! Every failing cycle prints the end of its console, so a failure can be
-//! understood, not just counted.
+//! understood, not just counted. A test host whose own kernel panics (the
+//! emulated platform's failure, not lg's) does not end the soak: it goes on
+//! in a new test host from the cycle the crash interrupted, and the result
+//! names each such crash (see [`run`]).
 //!
 //! Two options help tell lg's failures from the test host's:
 //!
@@ -31,6 +34,7 @@
 //!   that led to it, and a loop of exits as its few distinct events.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::testhost::{shared_libraries, Echo, TestHost};
@@ -229,10 +233,78 @@ pub fn parse(output: &str) -> Results {
     results
 }
 
+/// How often the test host's own kernel may panic in one soak before the
+/// soak gives up: that often says the platform cannot run it now.
+const HOST_PANICS_ALLOWED: usize = 3;
+
+impl Results {
+    fn append(&mut self, mut more: Results) {
+        self.kills.append(&mut more.kills);
+        self.boots.append(&mut more.boots);
+    }
+}
+
+/// How one test host's share of a soak ended.
+enum Segment {
+    /// The script ran to its end.
+    Finished(Results),
+    /// The test host's own kernel panicked: what it had judged by then, and
+    /// the end of its console.
+    HostPanicked {
+        judged: Results,
+        console_end: String,
+    },
+}
+
 /// Runs the soaks and prints the counts; the status is 0 only when every
 /// cycle and boot passed.
+///
+/// The nested platform itself fails now and then: QEMU's emulated SVM has
+/// left the test host's own kernel in a state it cannot survive (a fault in
+/// the world switch that recursed until the stack guard page), at a random
+/// moment, more often the busier the machine. That ends the test host and
+/// every cycle with it, says nothing about lg (a user process there), and
+/// would make a 100-cycle soak a matter of luck. So the soak goes on in a
+/// new test host, with a fresh copy of the image, from the cycle or boot
+/// the crash interrupted (which is not counted: nothing was left to judge
+/// it by), says so, and names every such crash in its result.
 pub fn run(soak: Soak) -> Result<i32, Error> {
-    let (results, _) = run_in_test_host(soak, Echo::Stderr)?;
+    let mut results = Results::default();
+    let mut host_panics: Vec<String> = Vec::new();
+    loop {
+        let rest = Soak {
+            kills: soak.kills.saturating_sub(results.kills.len() as u32),
+            boots: soak.boots.saturating_sub(results.boots.len() as u32),
+            ..soak
+        };
+        match run_segment(rest)? {
+            Segment::Finished(judged) => {
+                results.append(judged);
+                break;
+            }
+            Segment::HostPanicked {
+                judged,
+                console_end,
+            } => {
+                results.append(judged);
+                let during = interrupted(soak, &results);
+                progress(format!(
+                    "soak: the test host's own kernel panicked during {during}; the soak goes on \
+                     from there in a new test host, with a fresh copy of the image. The \
+                     console ended with:\n{console_end}"
+                ));
+                host_panics.push(during);
+                if host_panics.len() >= HOST_PANICS_ALLOWED {
+                    return Err(Error::new(format!(
+                        "soak: the test host's own kernel panicked {} times (during {}); this \
+                         platform cannot run the soak now",
+                        host_panics.len(),
+                        host_panics.join(", ")
+                    )));
+                }
+            }
+        }
+    }
     let kills_passed = results.kills.iter().filter(|c| c.passed()).count();
     let boots_passed = results.boots.iter().filter(|&&b| b).count();
     println!(
@@ -247,23 +319,83 @@ pub fn run(soak: Soak) -> Result<i32, Error> {
         "boot soak: {boots_passed}/{} boots with {with} reached /init and powered off",
         soak.boots
     );
+    if !host_panics.is_empty() {
+        println!(
+            "the test host's own kernel panicked {} time(s), during {}: each was run again in a \
+             new test host and is not counted",
+            host_panics.len(),
+            host_panics.join(", ")
+        );
+    }
     let all = kills_passed == soak.kills as usize && boots_passed == soak.boots as usize;
     Ok(if all { 0 } else { 1 })
+}
+
+/// The cycle or boot a crash interrupted, counting from the soak's start,
+/// when `results` were judged before it: the kill cycles run first.
+fn interrupted(soak: Soak, results: &Results) -> String {
+    if (results.kills.len() as u32) < soak.kills {
+        format!("kill cycle {}", results.kills.len() + 1)
+    } else {
+        format!("boot {}", results.boots.len() + 1)
+    }
+}
+
+/// Runs `soak` in one test host, with no second boot if its kernel panics.
+fn run_segment(soak: Soak) -> Result<Segment, Error> {
+    let image = disk_image()?;
+    let run = test_host(soak, Echo::Stderr, &image).map(|(host, script)| host.run_once(&script));
+    let _ = fs::remove_file(&image);
+    match run? {
+        Ok(run) => Ok(Segment::Finished(parse(&run.output))),
+        Err(crash) if crash.test_host_panicked() => {
+            let output = crash.output();
+            let lines: Vec<&str> = output.lines().collect();
+            let console_end = lines[lines.len().saturating_sub(20)..]
+                .iter()
+                .map(|line| format!("    | {line}"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            Ok(Segment::HostPanicked {
+                judged: parse(output),
+                console_end,
+            })
+        }
+        Err(e) => Err(Error::new(e.to_string())),
+    }
 }
 
 /// Runs the soaks in one test host, its console echoed as `echo` says, and
 /// gives each cycle's result with the whole console (where a failing
 /// cycle's `LG_SOAK_CONSOLE` and `LG_SOAK_FSCK` lines are). The end-to-end
-/// test `tests/durability.rs` runs a short kill soak through this too.
+/// test `tests/durability.rs` runs a short kill soak through this too; a
+/// test host whose kernel panics is booted once more and runs it all again
+/// ([`TestHost::run`]).
 pub fn run_in_test_host(soak: Soak, echo: Echo) -> Result<(Results, String), Error> {
-    let kit = Kit::existing()?;
-    let e2fsck = crate::command::find_in_path("e2fsck")
-        .ok_or_else(|| Error::new("e2fsck is not installed here (apt-get install e2fsprogs)"))?;
+    let image = disk_image()?;
+    let run = test_host(soak, echo, &image)
+        .and_then(|(host, script)| host.run(&script).map_err(|e| Error::new(e.to_string())));
+    let _ = fs::remove_file(&image);
+    let run = run?;
+    Ok((parse(&run.output), run.output))
+}
+
+/// A fresh copy of the kit's root filesystem for the kill cycles.
+fn disk_image() -> Result<PathBuf, Error> {
     let image = std::env::temp_dir().join(format!("lg-soak-{}.img", std::process::id()));
     fs::copy(Kit::rootfs(), &image)
         .map_err(|e| Error::new(format!("cannot copy {}: {e}", Kit::rootfs().display())))?;
+    Ok(image)
+}
+
+/// The test host (with `image` as `/disk/root.img`, e2fsck and, for the
+/// control, QEMU) and the script for `soak`.
+fn test_host(soak: Soak, echo: Echo, image: &Path) -> Result<(TestHost, String), Error> {
+    let kit = Kit::existing()?;
+    let e2fsck = crate::command::find_in_path("e2fsck")
+        .ok_or_else(|| Error::new("e2fsck is not installed here (apt-get install e2fsprogs)"))?;
     let mut host = TestHost::new()
-        .file(&image, "/disk/root.img")
+        .file(image, "/disk/root.img")
         .echo(echo)
         .timeout(Duration::from_secs(
             120 + 330 * u64::from(soak.kills) + 300 * u64::from(soak.boots),
@@ -289,19 +421,16 @@ pub fn run_in_test_host(soak: Soak, echo: Echo) -> Result<(Results, String), Err
             qemu_boot()
         }
     };
-    progress(format!(
-        "soak: {} kill cycles and {} boots of {} in one test host",
-        soak.kills, soak.boots, kit.kernel_version
-    ));
     let script = SCRIPT
         .replace("KILLS", &soak.kills.to_string())
         .replace("BOOTS", &soak.boots.to_string())
         .replace("BOOT_COMMAND", &boot_command)
         .replace("@TRACE@", if soak.trace { "yes" } else { "no" });
-    let run = host.run(&script);
-    let _ = fs::remove_file(&image);
-    let run = run.map_err(|e| Error::new(e.to_string()))?;
-    Ok((parse(&run.output), run.output))
+    progress(format!(
+        "soak: {} kill cycles and {} boots of {} in one test host",
+        soak.kills, soak.boots, kit.kernel_version
+    ));
+    Ok((host, script))
 }
 
 #[cfg(test)]
@@ -324,6 +453,23 @@ noise";
         let passed: Vec<bool> = results.kills.iter().map(KillCycle::passed).collect();
         assert_eq!(passed, [true, true, false, false, false]);
         assert_eq!(results.boots, [true, false, false]);
+    }
+
+    #[test]
+    fn a_crash_is_placed_in_the_cycle_or_boot_it_interrupted() {
+        let soak = Soak {
+            kills: 100,
+            boots: 5,
+            control: Boot::Lg,
+            trace: false,
+        };
+        let cycle = "LG_SOAK kill 1 found=0 previous=0 synced=3 replay=0 check=0\n";
+        let first_host = parse(&cycle.repeat(59));
+        assert_eq!(interrupted(soak, &first_host), "kill cycle 60");
+        let mut after = first_host.clone();
+        after.append(parse(&cycle.repeat(41)));
+        after.append(parse("LG_SOAK boot 1 status=0 init=yes down=yes\n"));
+        assert_eq!(interrupted(soak, &after), "boot 2");
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl TestHostError {
     }
 
     /// Whether QEMU ended because the test host's own kernel panicked.
-    fn test_host_panicked(&self) -> bool {
+    pub fn test_host_panicked(&self) -> bool {
         matches!(self, TestHostError::NoStatus { qemu, output, .. }
             if qemu.starts_with("QEMU exit") && output.contains(TEST_HOST_PANIC))
     }
@@ -294,6 +294,21 @@ impl TestHost {
             }
             result => result,
         }
+    }
+
+    /// [`run`](Self::run) without booting once more after the test host's
+    /// own kernel panicked: for a caller that goes on from where the
+    /// crashed host stopped rather than from the start (`cargo xtask
+    /// soak`). The crash is still logged in `target/testhost/crashes.log`.
+    pub fn run_once(&self, shell_command: &str) -> Result<TestHostRun, TestHostError> {
+        let base = self.base()?;
+        let run = self.boot(&base, Some(shell_command), false);
+        if let Err(crash) = &run {
+            if crash.test_host_panicked() {
+                record_crash(shell_command, crash);
+            }
+        }
+        run
     }
 
     /// Boots a test host on this terminal: its console is stdin and stdout,
