@@ -536,8 +536,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "test host: QEMU TCG -cpu max (nested SVM), 2 vCPUs, {TESTHOST_MB} MiB; \
+            "test host: QEMU TCG -cpu {} (nested SVM), 2 vCPUs, {TESTHOST_MB} MiB; \
              guest: the kit ({}), 1 vCPU",
+            crate::testhost::TESTHOST_CPU,
             self.kernel
         );
         if self.beside_qemu() {
