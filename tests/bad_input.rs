@@ -122,13 +122,3 @@ fn zero_memory_is_named() {
 fn memory_that_is_not_a_number_is_named() {
     assert_refused("memory-not-a-number", &["abc"]);
 }
-
-#[test]
-fn numbers_are_matched_as_whole_tokens() {
-    assert!(names("lg: guest memory must be at least 1 MiB, not 0", "0"));
-    assert!(!names("lg: the kernel loads at 0x1000000", "0"));
-    assert!(names(
-        "lg: /tmp/kernel.txt is not a kernel",
-        "/tmp/kernel.txt"
-    ));
-}

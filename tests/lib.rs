@@ -417,5 +417,11 @@ half a line";
             "lg: /tmp/no-such-kernel: not found",
             "no-such-kernel"
         ));
+        assert!(names("lg: guest memory must be at least 1 MiB, not 0", "0"));
+        assert!(!names("lg: the kernel loads at 0x1000000", "0"));
+        assert!(names(
+            "lg: /tmp/kernel.txt is not a kernel",
+            "/tmp/kernel.txt"
+        ));
     }
 }
