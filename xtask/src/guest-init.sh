@@ -271,10 +271,19 @@ hostile)
 	# the devices go back to their drivers, and each must work again: lg
 	# kept the guest running and a reset healed the device.
 	devices=$(echo "${lghostile:-blk,rng,console}" | tr ',' ' ')
+	# The kernel's messages stay off the console while lg-hostile reports,
+	# one line per attack: a message printed while a report line is on its
+	# way lands inside it (ip='s late "eth0: link becomes ready" did). They
+	# are kept in the ring buffer and printed once lg-hostile is done.
+	console_level=$(cut -f1 /proc/sys/kernel/printk)
+	dmesg -c >/dev/null
+	dmesg -n 1
 	{
 		lg-hostile $devices
 		echo "LG_HOSTILE_STATUS=$?"
 	} 2>&1 | tee /tmp/hostile.out
+	dmesg -n "$console_level"
+	dmesg -c
 	for addr in $(sed -n 's/^LG_HOSTILE_DEVICE [^ ]* //p' /tmp/hostile.out); do
 		echo "$addr" >/sys/bus/pci/drivers/virtio-pci/bind
 	done
