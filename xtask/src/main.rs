@@ -455,13 +455,14 @@ fn bench(args: &[String]) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// `cargo xtask soak [--kills N] [--boots N] [--control qemu] [--trace]`
+/// `cargo xtask soak [--kills N] [--boots N] [--control qemu] [--trace] [--cpus N]`
 fn soak(args: &[String]) -> Result<i32, Error> {
     let mut soak = xtask::soak::Soak {
         kills: 100,
         boots: 100,
         control: xtask::soak::Boot::Lg,
         trace: false,
+        cpus: None,
     };
     let mut words = args.iter();
     while let Some(word) = words.next() {
@@ -478,9 +479,13 @@ fn soak(args: &[String]) -> Result<i32, Error> {
                 _ => return Err(Error::new("soak: --control takes `qemu`")),
             },
             "--trace" => soak.trace = true,
+            "--cpus" => match count(words.next())? {
+                0 => return Err(Error::new("soak: --cpus needs at least 1")),
+                cpus => soak.cpus = Some(cpus),
+            },
             other => {
                 return Err(Error::new(format!(
-                    "soak: unknown argument `{other}` (usage: cargo xtask soak [--kills N] [--boots N] [--control qemu] [--trace])"
+                    "soak: unknown argument `{other}` (usage: cargo xtask soak [--kills N] [--boots N] [--control qemu] [--trace] [--cpus N])"
                 )))
             }
         }

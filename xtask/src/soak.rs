@@ -50,6 +50,11 @@ pub struct Soak {
     /// Keep the test host KVM's trace events for each cycle and boot,
     /// printed for a failing one.
     pub trace: bool,
+    /// The test host's vCPUs (`TestHost`'s default, 2, unless given).
+    /// One vCPU means no interrupt ever crosses between test-host CPUs,
+    /// which tells a failure of QEMU's emulation under cross-CPU
+    /// interrupts from one that comes without them.
+    pub cpus: Option<u32>,
 }
 
 /// Which hypervisor the boot soak boots with.
@@ -394,7 +399,11 @@ fn test_host(soak: Soak, echo: Echo, image: &Path) -> Result<(TestHost, String),
     let kit = Kit::existing()?;
     let e2fsck = crate::command::find_in_path("e2fsck")
         .ok_or_else(|| Error::new("e2fsck is not installed here (apt-get install e2fsprogs)"))?;
-    let mut host = TestHost::new()
+    let mut host = TestHost::new();
+    if let Some(cpus) = soak.cpus {
+        host = host.cpus(cpus);
+    }
+    let mut host = host
         .file(image, "/disk/root.img")
         .echo(echo)
         .timeout(Duration::from_secs(
@@ -426,8 +435,11 @@ fn test_host(soak: Soak, echo: Echo, image: &Path) -> Result<(TestHost, String),
         .replace("BOOTS", &soak.boots.to_string())
         .replace("BOOT_COMMAND", &boot_command)
         .replace("@TRACE@", if soak.trace { "yes" } else { "no" });
+    let cpus = soak
+        .cpus
+        .map_or(String::new(), |cpus| format!(" with {cpus} vCPU(s)"));
     progress(format!(
-        "soak: {} kill cycles and {} boots of {} in one test host",
+        "soak: {} kill cycles and {} boots of {} in one test host{cpus}",
         soak.kills, soak.boots, kit.kernel_version
     ));
     Ok((host, script))
@@ -462,6 +474,7 @@ noise";
             boots: 5,
             control: Boot::Lg,
             trace: false,
+            cpus: None,
         };
         let cycle = "LG_SOAK kill 1 found=0 previous=0 synced=3 replay=0 check=0\n";
         let first_host = parse(&cycle.repeat(59));
