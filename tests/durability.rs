@@ -63,6 +63,7 @@ fn synced_data_survives_kill_nine_twenty_times() {
             boots: 0,
             control: Boot::Lg,
             trace: false,
+            cpus: None,
         },
         Echo::Lines,
     )
