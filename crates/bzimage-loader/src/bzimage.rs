@@ -75,6 +75,17 @@ impl BzImage {
                 actual: file_len,
             });
         }
+        // The 64-bit entry point lies STARTUP_64_OFFSET bytes into the
+        // protected-mode code. A file whose code ends before it would pass
+        // every other check (its syssize can be 0) and start the guest in
+        // whatever lies past the image, even past the end of its RAM.
+        let code_len = file_len - kernel_offset as u64;
+        if code_len <= STARTUP_64_OFFSET {
+            return Err(LoadError::NoEntryCode {
+                path: path.to_path_buf(),
+                code_len,
+            });
+        }
         // The setup code is at least two sectors (1024 bytes), which hold
         // the whole header: a start shorter than that is refused, never
         // read past.
@@ -230,6 +241,39 @@ mod tests {
         let image = parse(&data).unwrap();
         assert_eq!({ image.header.setup_data }, 0);
         assert_eq!({ image.header.cmdline_size }, 2047);
+    }
+
+    #[test]
+    fn refuses_code_that_ends_before_the_64_bit_entry_point() {
+        // Found by `cargo xtask fuzz`: setup code and nothing after it
+        // (syssize 0) was loaded, and the guest entered past its RAM.
+        for payload_len in [0, 16, 512] {
+            let data = bzimage(&BzImageSpec {
+                payload_len,
+                ..BzImageSpec::default()
+            });
+            let err = parse(&data).unwrap_err();
+            assert!(
+                matches!(err, LoadError::NoEntryCode { code_len, .. } if code_len == payload_len as u64),
+                "{payload_len}: {err:?}"
+            );
+        }
+        let err = parse(&bzimage(&BzImageSpec {
+            payload_len: 512,
+            ..BzImageSpec::default()
+        }))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/kit/bzImage: not a bootable bzImage: its protected-mode code is 512 bytes, too \
+             short to hold the 64-bit entry point 512 bytes in"
+        );
+        // One paragraph past the entry point is enough to hold it.
+        assert!(parse(&bzimage(&BzImageSpec {
+            payload_len: 528,
+            ..BzImageSpec::default()
+        }))
+        .is_ok());
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub enum LoadError {
         expected: u64,
         actual: u64,
     },
+    /// The protected-mode code ends before the 64-bit entry point.
+    NoEntryCode { path: PathBuf, code_len: u64 },
     /// Boot protocol older than lg supports.
     ProtocolTooOld { path: PathBuf, version: u16 },
     /// The kernel has no 64-bit entry point.
@@ -139,6 +141,12 @@ impl fmt::Display for LoadError {
                 f,
                 "{}: not a bootable bzImage: it has a \"HdrS\" header but boot flag \
                  {boot_flag:#06x} instead of 0xaa55",
+                path.display()
+            ),
+            LoadError::NoEntryCode { path, code_len } => write!(
+                f,
+                "{}: not a bootable bzImage: its protected-mode code is {code_len} bytes, \
+                 too short to hold the 64-bit entry point 512 bytes in",
                 path.display()
             ),
             LoadError::Truncated {
