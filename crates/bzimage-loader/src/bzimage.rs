@@ -25,7 +25,7 @@ const MIN_PROTOCOL: u16 = 0x0206;
 /// `relocatable_kernel` meaningful.
 const PROTOCOL_2_10: u16 = 0x020a;
 /// `startup_64` sits this far into the protected-mode part.
-const STARTUP_64_OFFSET: u64 = 0x200;
+pub(crate) const STARTUP_64_OFFSET: u64 = 0x200;
 /// The x86 opcode of a short jump, which is what the header's `jump` holds.
 const JMP_SHORT: u8 = 0xeb;
 

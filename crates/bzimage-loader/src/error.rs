@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use shadow_mmu::MemoryError;
 
+use crate::bzimage::STARTUP_64_OFFSET;
+
 /// Why a kernel or initrd could not be read, or could not be placed in the
 /// guest. Every case names the file (as the user spelled it) and the reason.
 #[derive(Debug)]
@@ -146,7 +148,7 @@ impl fmt::Display for LoadError {
             LoadError::NoEntryCode { path, code_len } => write!(
                 f,
                 "{}: not a bootable bzImage: its protected-mode code is {code_len} bytes, \
-                 too short to hold the 64-bit entry point 512 bytes in",
+                 too short to hold the 64-bit entry point {STARTUP_64_OFFSET} bytes in",
                 path.display()
             ),
             LoadError::Truncated {
