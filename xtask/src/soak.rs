@@ -253,8 +253,8 @@ impl Results {
 enum Segment {
     /// The script ran to its end.
     Finished(Results),
-    /// The test host's own kernel panicked: what it had judged by then, and
-    /// the end of its console.
+    /// The test host's own kernel panicked (or stalled until the time
+    /// limit): what it had judged by then, and the end of its console.
     HostPanicked {
         judged: Results,
         console_end: String,
@@ -294,7 +294,7 @@ pub fn run(soak: Soak) -> Result<i32, Error> {
                 results.append(judged);
                 let during = interrupted(soak, &results);
                 progress(format!(
-                    "soak: the test host's own kernel panicked during {during}; the soak goes on \
+                    "soak: the test host's own kernel panicked or stalled during {during}; the soak goes on \
                      from there in a new test host, with a fresh copy of the image. The \
                      console ended with:\n{console_end}"
                 ));
@@ -353,7 +353,7 @@ fn run_segment(soak: Soak) -> Result<Segment, Error> {
     let _ = fs::remove_file(&image);
     match run? {
         Ok(run) => Ok(Segment::Finished(parse(&run.output))),
-        Err(crash) if crash.test_host_panicked() => {
+        Err(crash) if crash.test_host_failed_by_itself() => {
             let output = crash.output();
             let lines: Vec<&str> = output.lines().collect();
             let console_end = lines[lines.len().saturating_sub(20)..]

@@ -149,6 +149,20 @@ impl TestHostError {
         matches!(self, TestHostError::NoStatus { qemu, output, .. }
             if qemu.starts_with("QEMU exit") && output.contains(TEST_HOST_PANIC))
     }
+
+    /// Whether the run hit its time limit after the test host's own kernel
+    /// said it had stopped making progress (an RCU stall, a soft lockup, a
+    /// task blocked in the kernel for minutes).
+    pub fn test_host_stalled(&self) -> bool {
+        matches!(self, TestHostError::TimedOut { output, .. }
+            if TEST_HOST_STALL.iter().any(|warning| output.contains(warning)))
+    }
+
+    /// A panic or a stall of the test host's own kernel: see
+    /// [`TestHost::run`] for why neither is lg's.
+    pub fn test_host_failed_by_itself(&self) -> bool {
+        self.test_host_panicked() || self.test_host_stalled()
+    }
 }
 
 /// What the test host's kernel prints as it panics (with `panic=-1` and
@@ -156,6 +170,18 @@ impl TestHostError {
 /// words, but lg then exits and the test host reports its status, so only
 /// a run with no status counts.
 const TEST_HOST_PANIC: &str = "Kernel panic - not syncing";
+
+/// What the test host's kernel prints when a CPU or a task stops making
+/// progress: RCU's stall detector (`rcu: INFO: rcu_preempt detected stalls
+/// on CPUs/tasks`, `... self-detected stall on CPU`), the soft-lockup
+/// watchdog, and the hung-task detector. A guest inside lg prints the first
+/// two too, but a guest that stalls does not stop lg's test from reaching
+/// its status; only a run that then hit its limit counts.
+const TEST_HOST_STALL: [&str; 3] = [
+    "detected stall",
+    "soft lockup - CPU#",
+    " blocked for more than ",
+];
 
 /// Appends a retried crash to `target/testhost/crashes.log`, so that their
 /// rate stays visible after the run that retried them passed.
@@ -166,8 +192,10 @@ fn record_crash(shell_command: &str, crash: &TestHostError) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let first_line = shell_command.lines().next().unwrap_or("");
-    let entry = format!(
-        "--- test host kernel panic at {when} (Unix time), retried; command began: {first_line}{}\n",
+    let entry =
+        format!(
+        "--- test host kernel {} at {when} (Unix time), retried; command began: {first_line}{}\n",
+        if crash.test_host_panicked() { "panic" } else { "stall" },
         tail(crash.output())
     );
     let _ = fs::create_dir_all(dir());
@@ -291,14 +319,23 @@ impl TestHost {
     /// nothing about lg and would fail every test sharing that host. lg is a
     /// user process there and cannot panic that kernel by itself; a crash
     /// that lg did cause through a KVM bug comes back, fails the second
-    /// boot too, and is reported. Every retry is logged in
+    /// boot too, and is reported. The same defect also stalls the test
+    /// host's kernel instead (a CPU found spinning in the world switch
+    /// with interrupts lost, RCU stall warnings every minute until the time
+    /// limit), so a run that hit its limit after such warnings is booted
+    /// once more too. Every retry is logged in
     /// `target/testhost/crashes.log` with the console that showed it.
     pub fn run(&self, shell_command: &str) -> Result<TestHostRun, TestHostError> {
         let base = self.base()?;
         match self.boot(&base, Some(shell_command), false) {
-            Err(crash) if crash.test_host_panicked() => {
+            Err(crash) if crash.test_host_failed_by_itself() => {
+                let what = if crash.test_host_panicked() {
+                    "panicked"
+                } else {
+                    "stalled until the time limit"
+                };
                 progress(format!(
-                    "testhost: the test host's own kernel panicked, so it is booted once more; \
+                    "testhost: the test host's own kernel {what}, so it is booted once more; \
                      the first boot's console ended with:{}",
                     tail(crash.output())
                 ));
@@ -317,7 +354,7 @@ impl TestHost {
         let base = self.base()?;
         let run = self.boot(&base, Some(shell_command), false);
         if let Err(crash) = &run {
-            if crash.test_host_panicked() {
+            if crash.test_host_failed_by_itself() {
                 record_crash(shell_command, crash);
             }
         }
@@ -659,5 +696,34 @@ mod tests {
             output: panicked.to_string(),
         };
         assert!(!timed_out.test_host_panicked());
+    }
+
+    #[test]
+    fn only_a_run_that_hit_its_limit_after_a_stall_warning_is_booted_again() {
+        let timed_out = |output: &str| TestHostError::TimedOut {
+            limit: Duration::from_secs(1),
+            output: output.to_string(),
+        };
+        for warning in [
+            "[ 118.2] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+            "[ 118.2] rcu: INFO: rcu_preempt self-detected stall on CPU",
+            "[ 140.0] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [vcpu0:93]",
+            "[ 245.9] INFO: task vcpu0:93 blocked for more than 122 seconds.",
+        ] {
+            let stalled = timed_out(&format!("LG_TESTHOST_READY\n{warning}\n"));
+            assert!(stalled.test_host_stalled(), "{warning}");
+            assert!(stalled.test_host_failed_by_itself(), "{warning}");
+        }
+        // A run that hit its limit with no such warning is lg's (or the
+        // test's) hang: reported at once.
+        assert!(!timed_out("LG_TESTHOST_READY\nlg: waiting\n").test_host_failed_by_itself());
+        // A stall the test host came through, in a run that ended with a
+        // status, never gets here; one in a run that ended without a status
+        // but no panic is not retried either.
+        let stalled_then_powered_off = no_status(
+            "QEMU exit status: 0",
+            "LG_TESTHOST_READY\n[ 118.2] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n",
+        );
+        assert!(!stalled_then_powered_off.test_host_failed_by_itself());
     }
 }
