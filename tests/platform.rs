@@ -11,6 +11,9 @@
 //! - `--cpus=4`: the guest counts four CPUs.
 //! - `--rng`: the guest's hardware RNG is virtio_rng, and `/dev/hwrng` gives
 //!   bytes (lg fills them from the host's getrandom).
+//! - `lgtest=clock`: Linux's `rtc_cmos` drives lg's CMOS clock as
+//!   `/dev/rtc0`, which tells the test host's time, as does the guest's
+//!   system clock.
 
 use std::sync::OnceLock;
 
@@ -45,16 +48,19 @@ fn test_host() -> &'static TestHostRun {
     static RUN: OnceLock<Result<TestHostRun, String>> = OnceLock::new();
     start_once(&RUN, || {
         let body = format!(
-            "{HVC_CASE}\nlg_case lspci {}\nlg_hvc_case {}\nlg_case cpus4 {}\nlg_case rng {}\n",
+            "{HVC_CASE}\nlg_case lspci {}\nlg_hvc_case {}\nlg_case cpus4 {}\nlg_case rng {}\n\
+             echo LG_HOST_EPOCH_BEFORE=$(date +%s)\nlg_case clock {}\n\
+             echo LG_HOST_EPOCH_AFTER=$(date +%s)\n",
             boot_kit(256, "lgtest=lspci"),
             boot_kit(256, "console=hvc0"),
             boot_kit(256, "lgtest=nproc").replacen("run ", "run --cpus=4 ", 1),
             boot_kit(256, "lgtest=rng").replacen("run ", "run --rng ", 1),
+            boot_kit(256, "lgtest=clock"),
         );
         // Four CPUs in the test host, so lg may give the guest four.
         TestHost::new()
             .cpus(4)
-            .timeout(test_host_limit(4, 0))
+            .timeout(test_host_limit(5, 0))
             .run(&script(&body))
             .map_err(|e| e.to_string())
     })
@@ -125,4 +131,56 @@ fn rng_feeds_the_guests_hwrng() {
     );
     assert_ne!(bytes, "0".repeat(32), "random bytes are not all zero");
     assert_eq!(rng.status, Some(0), "{}", rng.describe());
+}
+
+#[test]
+fn the_cmos_clock_is_the_guests_rtc0_and_tells_the_hosts_time() {
+    let run = test_host();
+    let clock = case(&run.output, "clock");
+    // The test host's clock just before lg started and just after it ended.
+    let host_epoch = |marker: &str| {
+        run.lines()
+            .find_map(|line| line.trim().strip_prefix(marker)?.parse::<u64>().ok())
+    };
+    let (Some(before), Some(after)) = (
+        host_epoch("LG_HOST_EPOCH_BEFORE="),
+        host_epoch("LG_HOST_EPOCH_AFTER="),
+    ) else {
+        panic!(
+            "the test host did not print its time around the case\n{}",
+            clock.describe()
+        );
+    };
+    assert!(
+        !clock.printed("probe of rtc_cmos failed"),
+        "rtc_cmos should bind to lg's clock\n{}",
+        clock.describe()
+    );
+    let rtc = clock
+        .console
+        .iter()
+        .find_map(|line| line.split("LG_RTC=").nth(1))
+        .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
+        .unwrap_or_default();
+    assert_eq!(
+        rtc.first().copied(),
+        Some("rtc_cmos"),
+        "/dev/rtc0 should be rtc_cmos\n{}",
+        clock.describe()
+    );
+    // rtc0's name is the driver and the device ("rtc_cmos 00:01"); the
+    // seconds come last.
+    let rtc_seconds: u64 = rtc.last().and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!(
+        (before..=after).contains(&rtc_seconds),
+        "rtc0 said {rtc_seconds} s since 1970, outside the test host's {before} to {after}\n{}",
+        clock.describe()
+    );
+    let date = clock.number_after("LG_DATE=").unwrap_or(0);
+    assert!(
+        (before..=after).contains(&date),
+        "the guest's system clock said {date}, outside the test host's {before} to {after}\n{}",
+        clock.describe()
+    );
+    assert_eq!(clock.status, Some(0), "{}", clock.describe());
 }

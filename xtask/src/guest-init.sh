@@ -13,6 +13,8 @@
 #   lgtest=lspci       print each PCI device as LG_PCI <slot> <class> <vendor>:<device>, power off
 #   lgtest=panic       panic the kernel (echo c > /proc/sysrq-trigger)
 #   lgtest=rng         print LG_RNG_CURRENT=<hw_random driver> and LG_RNG_BYTES=<16 bytes of /dev/hwrng in hex>, power off
+#   lgtest=clock       print LG_RTC=<rtc0's name> <its seconds since 1970> (LG_RTC=none without
+#                      /dev/rtc0) and LG_DATE=<the system clock's seconds>, power off
 #   lgtest=twodisks    print LG_DISKS=<the vd* disks> and LG_VDB_SECTORS=<size of vdb>, power off
 #   lgtest=syncloop    mount /dev/vda, print LG_FOUND=<its counter>, then count up, syncing each
 #                      value and printing LG_SYNCED=<n>, until lg is killed
@@ -177,6 +179,15 @@ panic)
 rng)
 	report "LG_RNG_CURRENT=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
 	report "LG_RNG_BYTES=$(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')"
+	poweroff -f
+	;;
+clock)
+	if [ -r /sys/class/rtc/rtc0/since_epoch ]; then
+		report "LG_RTC=$(cat /sys/class/rtc/rtc0/name) $(cat /sys/class/rtc/rtc0/since_epoch)"
+	else
+		report "LG_RTC=none"
+	fi
+	report "LG_DATE=$(date +%s)"
 	poweroff -f
 	;;
 twodisks)

@@ -25,14 +25,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cmos_rtc::CmosRtc;
 use hcall_abi::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
-    ACPI_SLEEP_ENABLE, ACPI_SLEEP_STATUS_PORT, CF9_RESET_BIT, CF9_RESET_PORT, COM1_PORT,
-    COM1_PORT_COUNT, I8042_COMMAND_PORT, I8042_RESET_COMMAND, PCI_CONFIG_ADDRESS_PORT,
+    ACPI_SLEEP_ENABLE, ACPI_SLEEP_STATUS_PORT, CF9_RESET_BIT, CF9_RESET_PORT, CMOS_RTC_PORT,
+    COM1_PORT, COM1_PORT_COUNT, I8042_COMMAND_PORT, I8042_RESET_COMMAND, PCI_CONFIG_ADDRESS_PORT,
     PCI_CONFIG_DATA_PORT, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, PVPANIC_PORT,
 };
 use hvc_console::{InterruptLine, Uart};
 use kvm_ioctls::VmFd;
 use pci::PciBus;
 use switcher::{CoalescedRing, CoalescedWrite, ExitHandler, GuestEnd, PortAction};
+
+// The clock answers at the ports the DSDT gives the guest for it.
+const _: () =
+    assert!(cmos_rtc::INDEX_PORT == CMOS_RTC_PORT && cmos_rtc::DATA_PORT == CMOS_RTC_PORT + 1);
 
 /// An ISA interrupt line on KVM's in-kernel PIC and IO-APIC. ISA lines are
 /// edge-triggered, so raising one is a pulse: up, then down.

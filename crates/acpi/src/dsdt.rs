@@ -4,9 +4,17 @@
 //! kernel's interpreter evaluates. lg's namespace is tiny: the `\_S5` package,
 //! which gives the sleep type to write for "soft off" (the kernel will not
 //! offer ACPI power-off without it), and the `\_SB` (system bus) scope with
-//! the devices a kernel cannot discover on its own: COM1, the pvpanic port
-//! through which a panicking guest tells lg so, the power button through
-//! which lg asks the guest to shut down, and the PCI host bridge.
+//! the devices a kernel cannot discover on its own: COM1, the CMOS clock,
+//! the pvpanic port through which a panicking guest tells lg so, the power
+//! button through which lg asks the guest to shut down, and the PCI host
+//! bridge.
+//!
+//! The clock is here for Linux's `rtc_cmos` driver (`/dev/rtc0`, `hwclock`).
+//! Found no other way, the kernel registers a platform device at the legacy
+//! ports with ISA IRQ 8, and the driver's probe fails (`-EINVAL`): with no
+//! 8259 PIC, IRQ 8 has no descriptor until something maps its GSI. As a
+//! `PNP0B00` device with ports and no interrupt, the driver binds without
+//! one and offers the clock without alarms, which is what lg's clock is.
 //!
 //! The power button takes two devices because the machine is
 //! hardware-reduced: the fixed power button of the FADT needs the PM1 event
@@ -29,8 +37,9 @@ use acpi_tables::aml::{
 };
 use acpi_tables::sdt::Sdt;
 use hcall_abi::layout::{
-    pci_intx_gsi, ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT,
-    PCI_CONFIG_ADDRESS_PORT, PCI_MMIO_END, PCI_MMIO_START, POWER_BUTTON_GSI, PVPANIC_PORT,
+    pci_intx_gsi, ACPI_S5_SLEEP_TYPE, CMOS_RTC_PORT, CMOS_RTC_PORT_COUNT, COM1_IRQ, COM1_PORT,
+    COM1_PORT_COUNT, PCI_CONFIG_ADDRESS_PORT, PCI_MMIO_END, PCI_MMIO_START, POWER_BUTTON_GSI,
+    PVPANIC_PORT,
 };
 
 use crate::{encode, OEM_ID, OEM_REVISION};
@@ -44,6 +53,12 @@ const HEADER_LEN: u32 = 36;
 const COM1_LENGTH: u8 = {
     assert!(COM1_PORT_COUNT <= u8::MAX as u16);
     COM1_PORT_COUNT as u8
+};
+
+/// The clock's port count as the I/O resource descriptor's one-byte length.
+const CMOS_RTC_LENGTH: u8 = {
+    assert!(CMOS_RTC_PORT_COUNT <= u8::MAX as u16);
+    CMOS_RTC_PORT_COUNT as u8
 };
 
 /// The notification a power button device sends when pressed ("S0 Power
@@ -71,6 +86,14 @@ pub(crate) fn build() -> Vec<u8> {
     let com1_uid = Name::new("_UID".into(), &ZERO);
     let com1_crs = Name::new("_CRS".into(), &com1_resources);
     let com1 = Device::new("COM1".into(), vec![&com1_hid, &com1_uid, &com1_crs]);
+
+    // The CMOS clock at its fixed ports, with no interrupt: lg's clock
+    // raises none (no alarm, no periodic or update interrupt).
+    let rtc_io = IO::new(CMOS_RTC_PORT, CMOS_RTC_PORT, 1, CMOS_RTC_LENGTH);
+    let rtc_resources = ResourceTemplate::new(vec![&rtc_io]);
+    let rtc_hid = Name::new("_HID".into(), &EISAName::new("PNP0B00"));
+    let rtc_crs = Name::new("_CRS".into(), &rtc_resources);
+    let rtc = Device::new("RTC_".into(), vec![&rtc_hid, &rtc_crs]);
 
     // QEMU's pvpanic device: the ACPI id Linux's pvpanic-mmio driver binds
     // to, with its single I/O port.
@@ -101,7 +124,10 @@ pub(crate) fn build() -> Vec<u8> {
     let ged = Device::new("GED0".into(), vec![&ged_hid, &ged_crs, &ged_evt]);
 
     let pci = host_bridge();
-    let system_bus = Scope::new("\\_SB_".into(), vec![&com1, &pvpanic, &pwrb, &ged, &pci]);
+    let system_bus = Scope::new(
+        "\\_SB_".into(),
+        vec![&com1, &rtc, &pvpanic, &pwrb, &ged, &pci],
+    );
 
     let mut dsdt = Sdt::new(
         *b"DSDT",

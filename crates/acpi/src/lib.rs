@@ -468,6 +468,20 @@ mod tests {
     }
 
     #[test]
+    fn dsdt_describes_the_cmos_clock_with_no_interrupt() {
+        let (_mem, tables) = write_and_follow(1);
+        let aml = &tables.dsdt.bytes[HEADER_LEN..];
+        assert!(find(aml, b"RTC_").is_some());
+        // _HID EISAID("PNP0B00"), as a DWordConst: what rtc_cmos's PNP
+        // driver binds to.
+        assert!(find(aml, &[b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0b, 0x00]).is_some());
+        // IO(Decode16, 0x70, 0x70, 1, 2), then at once the end tag: no
+        // interrupt descriptor, so the driver asks for no IRQ.
+        let [lo, hi] = hcall_abi::layout::CMOS_RTC_PORT.to_le_bytes();
+        assert!(find(aml, &[0x47, 0x01, lo, hi, lo, hi, 0x01, 0x02, 0x79]).is_some());
+    }
+
+    #[test]
     fn dsdt_describes_the_pvpanic_port() {
         let (_mem, tables) = write_and_follow(1);
         let aml = &tables.dsdt.bytes[HEADER_LEN..];

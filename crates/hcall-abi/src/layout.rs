@@ -69,6 +69,12 @@ pub const COM1_PORT_COUNT: u16 = 8;
 /// COM1's ISA interrupt line.
 pub const COM1_IRQ: u32 = 4;
 
+/// The CMOS real-time clock's first port (0x70 selects a register, 0x71
+/// reads or writes it); the DSDT describes it so Linux's `rtc_cmos` binds.
+pub const CMOS_RTC_PORT: u16 = 0x70;
+/// The clock's two ports.
+pub const CMOS_RTC_PORT_COUNT: u16 = 2;
+
 /// The i8042 keyboard controller's command port: writing 0xfe there is the
 /// oldest way to reset a PC, and Linux tries it when it reboots.
 pub const I8042_COMMAND_PORT: u16 = 0x64;
