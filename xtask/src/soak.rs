@@ -238,6 +238,10 @@ pub fn parse(output: &str) -> Results {
     results
 }
 
+/// The longest a healthy test host goes between two `LG_SOAK` result
+/// lines: a kill or boot cycle's share of the whole limit, with margin.
+const CYCLE_SILENCE_LIMIT: Duration = Duration::from_secs(450);
+
 /// How often the test host's own kernel may panic in one soak before the
 /// soak gives up: that often says the platform cannot run it now.
 const HOST_PANICS_ALLOWED: usize = 3;
@@ -408,7 +412,10 @@ fn test_host(soak: Soak, echo: Echo, image: &Path) -> Result<(TestHost, String),
         .echo(echo)
         .timeout(Duration::from_secs(
             120 + 330 * u64::from(soak.kills) + 300 * u64::from(soak.boots),
-        ));
+        ))
+        // A test host that stalls (see `TestHost::run`) is found within one
+        // cycle's time, not at the end of the hours a 100-cycle limit allows.
+        .progress_every("LG_SOAK ", CYCLE_SILENCE_LIMIT);
     for library in shared_libraries(&e2fsck)? {
         // The file itself, not the symlink most library names are: a run's
         // archive keeps symlinks as symlinks, and a relative one pointing

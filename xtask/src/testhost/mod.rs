@@ -86,6 +86,15 @@ pub struct TestHost {
     cpus: u32,
     echo: Echo,
     lg: Lg,
+    progress: Option<Progress>,
+}
+
+/// A run's promise to print a line holding `marker` at least every `every`
+/// once the test host is ready (see [`TestHost::progress_every`]).
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    marker: &'static str,
+    every: Duration,
 }
 
 impl Default for TestHost {
@@ -123,8 +132,13 @@ pub enum TestHostError {
     Setup(Error),
     /// The test host came up without `/dev/kvm`.
     NoKvm { output: String },
-    /// The time limit passed; QEMU was killed.
-    TimedOut { limit: Duration, output: String },
+    /// The time limit passed, or the run's progress line was `silent` for
+    /// `limit`; QEMU was killed.
+    TimedOut {
+        limit: Duration,
+        silent: Option<&'static str>,
+        output: String,
+    },
     /// QEMU ended without a status marker: the test host crashed or hung up.
     NoStatus {
         qemu: String,
@@ -204,6 +218,13 @@ fn record_crash(shell_command: &str, crash: &TestHostError) {
     }
 }
 
+/// What is left of the whole run's time `limit`, counted from `started`.
+fn limit_left(limit: Option<Duration>, started: Instant) -> Duration {
+    limit.map_or(Duration::MAX, |limit| {
+        limit.saturating_sub(started.elapsed())
+    })
+}
+
 /// The last lines of a console transcript, to end an error message with.
 fn tail(output: &str) -> String {
     let lines: Vec<&str> = output.lines().collect();
@@ -225,9 +246,24 @@ impl fmt::Display for TestHostError {
                  its console ended with:{}",
                 tail(output)
             ),
-            TestHostError::TimedOut { limit, output } => write!(
+            TestHostError::TimedOut {
+                limit,
+                silent: None,
+                output,
+            } => write!(
                 f,
                 "the test host ran past its {} s limit and was killed; its console ended with:{}",
+                limit.as_secs(),
+                tail(output)
+            ),
+            TestHostError::TimedOut {
+                limit,
+                silent: Some(marker),
+                output,
+            } => write!(
+                f,
+                "the test host printed no `{marker}` line for {} s and was killed; its console \
+                 ended with:{}",
                 limit.as_secs(),
                 tail(output)
             ),
@@ -269,7 +305,18 @@ impl TestHost {
             cpus: 2,
             echo: Echo::Lines,
             lg: Lg::Required,
+            progress: None,
         }
+    }
+
+    /// Ends the run as timed out when, once the test host is ready, no
+    /// console line holding `marker` comes for `every`: for a long run
+    /// that reports each step (the soak's cycles), so that a test host
+    /// that stalled is found in minutes rather than at a limit sized for
+    /// the whole run.
+    pub fn progress_every(mut self, marker: &'static str, every: Duration) -> Self {
+        self.progress = Some(Progress { marker, every });
+        self
     }
 
     /// Puts the file or directory `host` at `inside` in the test host.
@@ -444,15 +491,30 @@ impl TestHost {
         let limit = (!interactive).then_some(self.timeout);
         let mut transcript = Transcript::default();
         let mut timed_out = false;
+        let watch = self.progress.filter(|_| limit.is_some());
+        // Counted from the test host's readiness, then from each progress line.
+        let mut last_progress: Option<Instant> = None;
+        let mut silent = false;
         loop {
+            let progress_wait = match (watch, last_progress) {
+                (Some(watch), Some(last)) => Some(watch.every.saturating_sub(last.elapsed())),
+                _ => None,
+            };
+            let whole_wait = limit_left(limit, started);
+            // Whether this wait ends at the progress deadline, not the whole run's.
+            let waiting_for_progress = progress_wait.is_some_and(|wait| wait < whole_wait);
             let wait = match (transcript.status, limit) {
                 (Some(_), _) => POWEROFF_GRACE.saturating_sub(transcript.since_status()),
-                (None, Some(limit)) => limit.saturating_sub(started.elapsed()),
+                (None, Some(_)) => progress_wait.map_or(whole_wait, |wait| wait.min(whole_wait)),
                 (None, None) => Duration::from_secs(3600),
             };
             match lines.recv_timeout(wait) {
                 Ok(line) => {
+                    if watch.is_some_and(|watch| line.contains(watch.marker)) {
+                        last_progress = Some(Instant::now());
+                    }
                     if transcript.add(line, started) == Some(READY) {
+                        last_progress = Some(Instant::now());
                         if let Some(ready) = transcript.ready_after {
                             progress(format!(
                                 "testhost: ready after {:.1} s",
@@ -465,6 +527,7 @@ impl TestHost {
                 Err(RecvTimeoutError::Timeout) => {
                     if transcript.status.is_none() && limit.is_some() {
                         timed_out = true;
+                        silent = waiting_for_progress;
                         break;
                     }
                     if transcript.status.is_some() {
@@ -485,9 +548,17 @@ impl TestHost {
         let output = transcript.lines.join("\n");
 
         if timed_out {
-            return Err(TestHostError::TimedOut {
-                limit: self.timeout,
-                output,
+            return Err(match watch {
+                Some(watch) if silent => TestHostError::TimedOut {
+                    limit: watch.every,
+                    silent: Some(watch.marker),
+                    output,
+                },
+                _ => TestHostError::TimedOut {
+                    limit: self.timeout,
+                    silent: None,
+                    output,
+                },
             });
         }
         if transcript.no_kvm {
@@ -693,6 +764,7 @@ mod tests {
         // A run with a status never gets here, and other errors never retry.
         let timed_out = TestHostError::TimedOut {
             limit: Duration::from_secs(1),
+            silent: None,
             output: panicked.to_string(),
         };
         assert!(!timed_out.test_host_panicked());
@@ -702,6 +774,7 @@ mod tests {
     fn only_a_run_that_hit_its_limit_after_a_stall_warning_is_booted_again() {
         let timed_out = |output: &str| TestHostError::TimedOut {
             limit: Duration::from_secs(1),
+            silent: None,
             output: output.to_string(),
         };
         for warning in [
@@ -725,5 +798,18 @@ mod tests {
             "LG_TESTHOST_READY\n[ 118.2] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n",
         );
         assert!(!stalled_then_powered_off.test_host_failed_by_itself());
+
+        // A run ended for want of progress lines counts the same way.
+        let silent = |output: &str| TestHostError::TimedOut {
+            limit: Duration::from_secs(450),
+            silent: Some("LG_SOAK "),
+            output: output.to_string(),
+        };
+        let stalled = silent("[ 193.4] watchdog: BUG: soft lockup - CPU#1 stuck for 26s!\n");
+        assert!(stalled.test_host_stalled());
+        assert!(stalled
+            .to_string()
+            .starts_with("the test host printed no `LG_SOAK ` line for 450 s and was killed"));
+        assert!(!silent("LG_SOAK kill 3 found=1\n").test_host_stalled());
     }
 }
