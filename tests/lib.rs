@@ -187,6 +187,14 @@ impl Case {
         self.console.iter().any(|line| line.contains(needle))
     }
 
+    /// What follows `marker` on the first console line holding it, up to
+    /// the marker's next appearance on that line.
+    pub fn text_after(&self, marker: &str) -> Option<&str> {
+        self.console
+            .iter()
+            .find_map(|line| line.split(marker).nth(1))
+    }
+
     /// The number right after the first `marker` on the console
     /// (`LG_MEMTOTAL_KB=` → 249856).
     pub fn number_after(&self, marker: &str) -> Option<u64> {

@@ -118,9 +118,7 @@ fn rng_feeds_the_guests_hwrng() {
         rng.describe()
     );
     let bytes = rng
-        .console
-        .iter()
-        .find_map(|line| line.split("LG_RNG_BYTES=").nth(1))
+        .text_after("LG_RNG_BYTES=")
         .map(|hex| hex.trim().to_string())
         .unwrap_or_default();
     assert_eq!(
@@ -157,9 +155,7 @@ fn the_cmos_clock_is_the_guests_rtc0_and_tells_the_hosts_time() {
         clock.describe()
     );
     let rtc = clock
-        .console
-        .iter()
-        .find_map(|line| line.split("LG_RTC=").nth(1))
+        .text_after("LG_RTC=")
         .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
         .unwrap_or_default();
     assert_eq!(

@@ -206,10 +206,14 @@ fn record_crash(shell_command: &str, crash: &TestHostError) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let first_line = shell_command.lines().next().unwrap_or("");
-    let entry =
-        format!(
-        "--- test host kernel {} at {when} (Unix time), retried; command began: {first_line}{}\n",
-        if crash.test_host_panicked() { "panic" } else { "stall" },
+    let what = if crash.test_host_panicked() {
+        "panic"
+    } else {
+        "stall"
+    };
+    let entry = format!(
+        "--- test host kernel {what} at {when} (Unix time), retried; command began: \
+         {first_line}{}\n",
         tail(crash.output())
     );
     let _ = fs::create_dir_all(dir());
@@ -248,25 +252,20 @@ impl fmt::Display for TestHostError {
             ),
             TestHostError::TimedOut {
                 limit,
-                silent: None,
+                silent,
                 output,
-            } => write!(
-                f,
-                "the test host ran past its {} s limit and was killed; its console ended with:{}",
-                limit.as_secs(),
-                tail(output)
-            ),
-            TestHostError::TimedOut {
-                limit,
-                silent: Some(marker),
-                output,
-            } => write!(
-                f,
-                "the test host printed no `{marker}` line for {} s and was killed; its console \
-                 ended with:{}",
-                limit.as_secs(),
-                tail(output)
-            ),
+            } => {
+                let seconds = limit.as_secs();
+                let why = match silent {
+                    None => format!("ran past its {seconds} s limit"),
+                    Some(marker) => format!("printed no `{marker}` line for {seconds} s"),
+                };
+                write!(
+                    f,
+                    "the test host {why} and was killed; its console ended with:{}",
+                    tail(output)
+                )
+            }
             TestHostError::NoStatus {
                 qemu,
                 stderr,
@@ -490,19 +489,17 @@ impl TestHost {
 
         let limit = (!interactive).then_some(self.timeout);
         let mut transcript = Transcript::default();
-        let mut timed_out = false;
+        // When the run was killed for a time limit, how long it had run.
+        let mut timed_out_after: Option<Duration> = None;
         let watch = self.progress.filter(|_| limit.is_some());
         // Counted from the test host's readiness, then from each progress line.
         let mut last_progress: Option<Instant> = None;
-        let mut silent = false;
         loop {
             let progress_wait = match (watch, last_progress) {
                 (Some(watch), Some(last)) => Some(watch.every.saturating_sub(last.elapsed())),
                 _ => None,
             };
             let whole_wait = limit_left(limit, started);
-            // Whether this wait ends at the progress deadline, not the whole run's.
-            let waiting_for_progress = progress_wait.is_some_and(|wait| wait < whole_wait);
             let wait = match (transcript.status, limit) {
                 (Some(_), _) => POWEROFF_GRACE.saturating_sub(transcript.since_status()),
                 (None, Some(_)) => progress_wait.map_or(whole_wait, |wait| wait.min(whole_wait)),
@@ -526,8 +523,7 @@ impl TestHost {
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
                     if transcript.status.is_none() && limit.is_some() {
-                        timed_out = true;
-                        silent = waiting_for_progress;
+                        timed_out_after = Some(started.elapsed());
                         break;
                     }
                     if transcript.status.is_some() {
@@ -537,17 +533,21 @@ impl TestHost {
                 }
             }
         }
-        let exit = child.finish(if timed_out || transcript.status.is_some() {
-            POWEROFF_GRACE
-        } else {
-            Duration::from_secs(10)
-        });
+        let exit = child.finish(
+            if timed_out_after.is_some() || transcript.status.is_some() {
+                POWEROFF_GRACE
+            } else {
+                Duration::from_secs(10)
+            },
+        );
         let _ = stdout_reader.join();
         let stderr = stderr_reader.join().unwrap_or_default();
         let elapsed = started.elapsed();
         let output = transcript.lines.join("\n");
 
-        if timed_out {
+        if let Some(after) = timed_out_after {
+            // Killed before the whole run's limit: at the progress deadline.
+            let silent = after < self.timeout;
             return Err(match watch {
                 Some(watch) if silent => TestHostError::TimedOut {
                     limit: watch.every,
