@@ -16,7 +16,7 @@
 use std::sync::OnceLock;
 
 use lg_e2e::{script, start_once, test_host_limit, with_copy_of};
-use xtask::soak::{self, Boot, Soak};
+use xtask::soak::{self, Boot, Console, Soak};
 use xtask::{Echo, Kit, TestHost, TestHostRun};
 
 /// How many times lg is killed: the block issue's "at least 20 times".
@@ -64,6 +64,7 @@ fn synced_data_survives_kill_nine_twenty_times() {
             control: Boot::Lg,
             trace: false,
             cpus: None,
+            console: Console::Serial,
         },
         Echo::Lines,
     )

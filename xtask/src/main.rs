@@ -63,14 +63,16 @@ usage: cargo xtask <command>
         minutes on 2 cores, then nothing until lg.config or the source
         changes; a good build is kept in the machine's cache ($LG_CACHE_DIR,
         else $XDG_CACHE_HOME/lg, else ~/.cache/lg) for every checkout
-  soak [--kills N] [--boots N] [--control qemu] [--trace]
+  soak [--kills N] [--boots N] [--control qemu] [--trace] [--cpus N] [--console ttyS0|hvc0]
         reliability, counted, in one test host (not CI: tens of minutes):
         N times (default 100) kill lg with SIGKILL while its guest syncs
         writes to a disk, then check the image with e2fsck and that the
         synced data is there; and N boots to /init (default 100).
         --control qemu: the boots with QEMU -M pc instead of lg, the test
         host's own failure rate; --trace: print the test host KVM's last
-        trace events for a failing cycle or boot
+        trace events for a failing cycle or boot; --cpus N: the test host's
+        vCPUs (default 2); --console hvc0: lg's guests print on the virtio
+        console instead of the serial port (default ttyS0)
   fuzz [--seconds N] [--target NAME]
         build the fuzz targets in fuzz/ (cargo-fuzz, installed if missing)
         and run each for N seconds (default 60) on a copy of its seed
@@ -455,7 +457,7 @@ fn bench(args: &[String]) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// `cargo xtask soak [--kills N] [--boots N] [--control qemu] [--trace] [--cpus N]`
+/// `cargo xtask soak [--kills N] [--boots N] [--control qemu] [--trace] [--cpus N] [--console ttyS0|hvc0]`
 fn soak(args: &[String]) -> Result<i32, Error> {
     let mut soak = xtask::soak::Soak {
         kills: 100,
@@ -463,6 +465,7 @@ fn soak(args: &[String]) -> Result<i32, Error> {
         control: xtask::soak::Boot::Lg,
         trace: false,
         cpus: None,
+        console: xtask::soak::Console::Serial,
     };
     let mut words = args.iter();
     while let Some(word) = words.next() {
@@ -479,13 +482,18 @@ fn soak(args: &[String]) -> Result<i32, Error> {
                 _ => return Err(Error::new("soak: --control takes `qemu`")),
             },
             "--trace" => soak.trace = true,
+            "--console" => match words.next().map(String::as_str) {
+                Some("ttyS0") => soak.console = xtask::soak::Console::Serial,
+                Some("hvc0") => soak.console = xtask::soak::Console::Virtio,
+                _ => return Err(Error::new("soak: --console takes `ttyS0` or `hvc0`")),
+            },
             "--cpus" => match count(words.next())? {
                 0 => return Err(Error::new("soak: --cpus needs at least 1")),
                 cpus => soak.cpus = Some(cpus),
             },
             other => {
                 return Err(Error::new(format!(
-                    "soak: unknown argument `{other}` (usage: cargo xtask soak [--kills N] [--boots N] [--control qemu] [--trace] [--cpus N])"
+                    "soak: unknown argument `{other}` (usage: cargo xtask soak [--kills N] [--boots N] [--control qemu] [--trace] [--cpus N] [--console ttyS0|hvc0])"
                 )))
             }
         }
