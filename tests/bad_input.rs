@@ -11,7 +11,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{case, names, script, start_once, test_host_limit, KILLED_BY_TIMEOUT};
+use lg_e2e::{case, names, script, start_once, test_host_limit, KILLED_BY_TIMEOUT, SILENCE_LIMIT};
 use xtask::{TestHost, TestHostRun};
 
 /// The files the cases need, made inside the test host.
@@ -51,6 +51,7 @@ fn test_host() -> &'static TestHostRun {
         }
         TestHost::new()
             .timeout(test_host_limit(0, CASES.len() as u32))
+            .silence_limit(SILENCE_LIMIT)
             .run(&script(&body))
             .map_err(|e| e.to_string())
     })

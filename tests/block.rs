@@ -16,7 +16,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, with_copy_of};
+use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, with_copy_of, SILENCE_LIMIT};
 use xtask::{Kit, TestHost, TestHostRun};
 
 /// `lg` arguments booting the kit with `disks` (lg options, which go before
@@ -45,6 +45,7 @@ fn test_host() -> &'static TestHostRun {
             TestHost::new()
                 .file(image, "/disk/root.img")
                 .timeout(test_host_limit(3, 4))
+                .silence_limit(SILENCE_LIMIT)
                 .run(&script(&body))
                 .map_err(|e| e.to_string())
         })

@@ -14,7 +14,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{boot_kit, case, script, start_once, test_host_limit};
+use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, SILENCE_LIMIT};
 use xtask::{TestHost, TestHostRun};
 
 fn test_host() -> &'static TestHostRun {
@@ -34,6 +34,7 @@ fn test_host() -> &'static TestHostRun {
         );
         TestHost::new()
             .timeout(test_host_limit(7, 0))
+            .silence_limit(SILENCE_LIMIT)
             .run(&script(&body))
             .map_err(|e| e.to_string())
     })

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use lg_e2e::{names, run_here, Outcome};
+use lg_e2e::{names, run_here, Outcome, SILENCE_LIMIT};
 use xtask::{lg_binary, target_dir, workspace_root, Kit};
 
 /// A refusal takes milliseconds; a run that gets this far went wrong.
@@ -622,6 +622,7 @@ kill $pid
 fn in_the_test_host_the_guest_runs_as_the_user_lg_dropped_to() {
     let run = xtask::TestHost::new()
         .timeout(Duration::from_secs(400))
+        .silence_limit(SILENCE_LIMIT)
         .run(PRIVILEGE_DROP)
         .unwrap_or_else(|e| panic!("{e}"));
     let output = &run.output;

@@ -8,14 +8,15 @@
 //! (`cargo xtask soak`, xtask/src/soak.rs), shortened. A guest boots from a
 //! copy of the kit's `rootfs.ext4`, counts up in a file on it, syncing after
 //! every value and saying `LG_SYNCED=<n>`; lg is killed with SIGKILL at a
-//! random moment after its first sync; then `e2fsck` must find the image
-//! clean once the journal is replayed, and the next cycle's guest must find
-//! at least the last value the killed guest said was synced. What a guest
-//! has flushed must be on the host's disk, whenever lg dies.
+//! random moment after its first sync (the guest's console on `hvc0`);
+//! then `e2fsck` must find the image clean once the journal is replayed,
+//! and the next cycle's guest must find at least the last value the killed
+//! guest said was synced. What a guest has flushed must be on the host's
+//! disk, whenever lg dies.
 
 use std::sync::OnceLock;
 
-use lg_e2e::{script, start_once, test_host_limit, with_copy_of};
+use lg_e2e::{script, start_once, test_host_limit, with_copy_of, SILENCE_LIMIT};
 use xtask::soak::{self, Boot, Console, Soak};
 use xtask::{Echo, Kit, TestHost, TestHostRun};
 
@@ -32,6 +33,7 @@ fn test_host() -> &'static TestHostRun {
             TestHost::new()
                 .file(image, "/disk/root.img")
                 .timeout(test_host_limit(1, 0))
+                .silence_limit(SILENCE_LIMIT)
                 .run(&script(body))
                 .map_err(|e| e.to_string())
         })
@@ -64,7 +66,12 @@ fn synced_data_survives_kill_nine_twenty_times() {
             control: Boot::Lg,
             trace: false,
             cpus: None,
-            console: Console::Serial,
+            // On the virtio console: what is tested is the disk, and a
+            // guest printing every value on the serial port makes the port
+            // accesses after which the test host's emulated SVM loses a
+            // guest about once in 50 cycles (the README's reliability
+            // section); on hvc0 the soak passed 100 of 100.
+            console: Console::Virtio,
         },
         Echo::Lines,
     )

@@ -32,7 +32,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use lg_e2e::{case, script, start_once, test_host_limit, Case};
+use lg_e2e::{case, script, start_once, test_host_limit, Case, SILENCE_LIMIT};
 use xtask::{TestHost, TestHostRun};
 
 /// Where each tiny kernel is loaded and entered: 1 MiB, the lowest address
@@ -235,6 +235,7 @@ fn test_host() -> &'static TestHostRun {
         let run = TestHost::new()
             .file(&kernels, "/tiny")
             .timeout(test_host_limit(0, KERNELS.len() as u32))
+            .silence_limit(SILENCE_LIMIT)
             .run(&script(&body))
             .map_err(|e| e.to_string());
         let _ = fs::remove_dir_all(&kernels);

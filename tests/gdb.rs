@@ -22,7 +22,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{script, start_once, test_host_limit};
+use lg_e2e::{script, start_once, test_host_limit, SILENCE_LIMIT};
 use xtask::{TestHost, TestHostRun};
 
 const KIT: &str = "/kit/bzImage --initrd=/kit/initrd.cpio.gz console=ttyS0 panic=-1";
@@ -149,6 +149,7 @@ fn test_host() -> &'static TestHostRun {
                 host.file(file, &inside)
             })
             .timeout(test_host_limit(4, 0))
+            .silence_limit(SILENCE_LIMIT)
             .run(&script(&body()))
             .map_err(|e| e.to_string())
     })

@@ -20,7 +20,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, Case};
+use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, Case, SILENCE_LIMIT};
 use xtask::{TestHost, TestHostRun};
 
 /// The devices lg-hostile attacks, by the name it prints and lg logs.
@@ -97,6 +97,7 @@ fn test_host() -> &'static TestHostRun {
         TestHost::new()
             // The hostile case's own limit, plus one ordinary case.
             .timeout(test_host_limit(1, 0) + std::time::Duration::from_secs(HOSTILE_LIMIT_SECS))
+            .silence_limit(SILENCE_LIMIT)
             .run(&script(&body))
             .map_err(|e| e.to_string())
     })

@@ -19,7 +19,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{case, script, start_once, test_host_limit};
+use lg_e2e::{case, script, start_once, test_host_limit, SILENCE_LIMIT};
 use xtask::{TestHost, TestHostRun};
 
 const KIT: &str = "/kit/bzImage --initrd=/kit/initrd.cpio.gz console=ttyS0 panic=-1";
@@ -111,6 +111,7 @@ fn test_host() -> &'static TestHostRun {
     start_once(&RUN, || {
         TestHost::new()
             .timeout(test_host_limit(6, 2))
+            .silence_limit(SILENCE_LIMIT)
             .run(&script(&body()))
             .map_err(|e| e.to_string())
     })

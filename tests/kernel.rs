@@ -29,7 +29,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use lg_e2e::{case, script, start_once, test_host_limit, with_copy_of, Case};
+use lg_e2e::{case, script, start_once, test_host_limit, with_copy_of, Case, SILENCE_LIMIT};
 use xtask::{Kit, TestHost, TestHostRun};
 
 /// The kernels under test: their case-name prefix and their file.
@@ -113,7 +113,8 @@ fn test_host(test: &str) -> Option<&'static TestHostRun> {
         with_copy_of(&Kit::rootfs(), "kroot", |image| {
             let mut host = TestHost::new()
                 .file(image, "/disk/root.img")
-                .timeout(test_host_limit(5, 0));
+                .timeout(test_host_limit(5, 0))
+                .silence_limit(SILENCE_LIMIT);
             for (name, path) in kernels() {
                 host = host.file(path, &format!("/kernel/{name}"));
             }

@@ -76,6 +76,15 @@ pub fn test_host_limit(cases: u32, fails: u32) -> Duration {
     Duration::from_secs(90) + CASE_LIMIT * cases + FAIL_LIMIT * fails
 }
 
+/// How long a test host may print nothing before it counts as stopped
+/// (`TestHost::silence_limit`): longer than any step of any script may be
+/// quiet (every lg runs under a limit of its own, [`CASE_LIMIT`] or
+/// [`FAIL_LIMIT`]; the longest other step, the hostile guest's, under
+/// 300 s), so only a test host whose emulated CPUs stopped (seen in CI: both
+/// halted, QEMU idle) is this quiet. `TestHost::run` then boots it once
+/// more, minutes before its whole limit would have come.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(360);
+
 /// The one test-host run a file's tests share, in `run`: started by
 /// `start` for whichever test asks first. A run that could not be started
 /// fails every test that asks, each with the reason.

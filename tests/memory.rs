@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, Case};
+use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, Case, SILENCE_LIMIT};
 use xtask::{TestHost, TestHostRun};
 
 fn test_host() -> &'static TestHostRun {
@@ -26,6 +26,7 @@ fn test_host() -> &'static TestHostRun {
         TestHost::new()
             .memory_mb(5120)
             .timeout(test_host_limit(2, 0))
+            .silence_limit(SILENCE_LIMIT)
             .run(&script(&body))
             .map_err(|e| e.to_string())
     })

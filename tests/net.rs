@@ -19,7 +19,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, Case};
+use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, Case, SILENCE_LIMIT};
 use xtask::{TestHost, TestHostRun};
 
 /// `lg run` booting the kit with lg options `options` and `kernel_args`.
@@ -113,6 +113,7 @@ fn test_host() -> &'static TestHostRun {
             // Two guests, the host's 64 MiB and the copy it fetches.
             .memory_mb(3072)
             .timeout(test_host_limit(6, 2))
+            .silence_limit(SILENCE_LIMIT)
             .run(&script(&body()))
             .map_err(|e| e.to_string())
     })

@@ -17,7 +17,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{boot_kit, case, script, start_once, test_host_limit};
+use lg_e2e::{boot_kit, case, script, start_once, test_host_limit, SILENCE_LIMIT};
 use xtask::{TestHost, TestHostRun};
 
 /// Boots a guest with `console=hvc0`, waits for its shell prompt on lg's
@@ -61,6 +61,7 @@ fn test_host() -> &'static TestHostRun {
         TestHost::new()
             .cpus(4)
             .timeout(test_host_limit(5, 0))
+            .silence_limit(SILENCE_LIMIT)
             .run(&script(&body))
             .map_err(|e| e.to_string())
     })

@@ -19,7 +19,7 @@
 
 use std::sync::OnceLock;
 
-use lg_e2e::{script, start_once, test_host_limit};
+use lg_e2e::{script, start_once, test_host_limit, SILENCE_LIMIT};
 use xtask::{TestHost, TestHostRun};
 
 const BODY: &str = r#"
@@ -74,6 +74,7 @@ fn test_host() -> &'static TestHostRun {
     start_once(&RUN, || {
         TestHost::new()
             .timeout(test_host_limit(4, 0))
+            .silence_limit(SILENCE_LIMIT)
             .run(&script(BODY))
             .map_err(|e| e.to_string())
     })

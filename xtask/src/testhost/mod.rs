@@ -166,10 +166,20 @@ impl TestHostError {
 
     /// Whether the run hit its time limit after the test host's own kernel
     /// said it had stopped making progress (an RCU stall, a soft lockup, a
-    /// task blocked in the kernel for minutes).
+    /// task blocked in the kernel for minutes), or was ended by its
+    /// [`silence_limit`](TestHost::silence_limit): a test host whose every
+    /// step has a shorter limit of its own has stopped altogether.
     pub fn test_host_stalled(&self) -> bool {
-        matches!(self, TestHostError::TimedOut { output, .. }
-            if TEST_HOST_STALL.iter().any(|warning| output.contains(warning)))
+        match self {
+            TestHostError::TimedOut {
+                silent: Some(ANY_LINE),
+                ..
+            } => true,
+            TestHostError::TimedOut { output, .. } => TEST_HOST_STALL
+                .iter()
+                .any(|warning| output.contains(warning)),
+            _ => false,
+        }
     }
 
     /// A panic or a stall of the test host's own kernel: see
@@ -184,6 +194,9 @@ impl TestHostError {
 /// words, but lg then exits and the test host reports its status, so only
 /// a run with no status counts.
 const TEST_HOST_PANIC: &str = "Kernel panic - not syncing";
+
+/// The progress marker of [`TestHost::silence_limit`]: every line holds it.
+const ANY_LINE: &str = "";
 
 /// What the test host's kernel prints when a CPU or a task stops making
 /// progress: RCU's stall detector (`rcu: INFO: rcu_preempt detected stalls
@@ -206,10 +219,13 @@ fn record_crash(shell_command: &str, crash: &TestHostError) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let first_line = shell_command.lines().next().unwrap_or("");
-    let what = if crash.test_host_panicked() {
-        "panic"
-    } else {
-        "stall"
+    let what = match crash {
+        _ if crash.test_host_panicked() => "panic",
+        TestHostError::TimedOut {
+            silent: Some(ANY_LINE),
+            ..
+        } => "silence",
+        _ => "stall",
     };
     let entry = format!(
         "--- test host kernel {what} at {when} (Unix time), retried; command began: \
@@ -258,6 +274,7 @@ impl fmt::Display for TestHostError {
                 let seconds = limit.as_secs();
                 let why = match silent {
                     None => format!("ran past its {seconds} s limit"),
+                    Some(ANY_LINE) => format!("printed nothing for {seconds} s"),
                     Some(marker) => format!("printed no `{marker}` line for {seconds} s"),
                 };
                 write!(
@@ -318,6 +335,17 @@ impl TestHost {
         self
     }
 
+    /// Ends the run when, once the test host is ready, its console prints
+    /// nothing at all for `quiet`, and counts that as the test host's own
+    /// failure ([`run`](Self::run) boots it once more). For a script each
+    /// of whose steps has a shorter limit of its own (the end-to-end tests'
+    /// `timeout -s KILL` around every lg), so that only a test host that
+    /// stopped can be silent that long. Replaces
+    /// [`progress_every`](Self::progress_every).
+    pub fn silence_limit(self, quiet: Duration) -> Self {
+        self.progress_every(ANY_LINE, quiet)
+    }
+
     /// Puts the file or directory `host` at `inside` in the test host.
     pub fn file(mut self, host: impl Into<PathBuf>, inside: &str) -> Self {
         self.extra_files.push((host.into(), inside.to_string()));
@@ -369,16 +397,21 @@ impl TestHost {
     /// host's kernel instead (a CPU found spinning in the world switch
     /// with interrupts lost, RCU stall warnings every minute until the time
     /// limit), so a run that hit its limit after such warnings is booted
-    /// once more too. Every retry is logged in
+    /// once more too; and it stops a test host altogether (both vCPUs
+    /// halted, QEMU idle, not one more line), which a run with a
+    /// [`silence_limit`](Self::silence_limit) counts the same. Every retry is logged in
     /// `target/testhost/crashes.log` with the console that showed it.
     pub fn run(&self, shell_command: &str) -> Result<TestHostRun, TestHostError> {
         let base = self.base()?;
         match self.boot(&base, Some(shell_command), false) {
             Err(crash) if crash.test_host_failed_by_itself() => {
-                let what = if crash.test_host_panicked() {
-                    "panicked"
-                } else {
-                    "stalled until the time limit"
+                let what = match &crash {
+                    _ if crash.test_host_panicked() => "panicked",
+                    TestHostError::TimedOut {
+                        silent: Some(ANY_LINE),
+                        ..
+                    } => "went silent",
+                    _ => "stalled until the time limit",
                 };
                 progress(format!(
                     "testhost: the test host's own kernel {what}, so it is booted once more; \
@@ -533,13 +566,15 @@ impl TestHost {
                 }
             }
         }
-        let exit = child.finish(
-            if timed_out_after.is_some() || transcript.status.is_some() {
-                POWEROFF_GRACE
-            } else {
-                Duration::from_secs(10)
-            },
-        );
+        // A run killed for a time limit is killed now: a stopped test host
+        // would only use up the grace a powering-off one is given.
+        let exit = child.finish(if timed_out_after.is_some() {
+            Duration::ZERO
+        } else if transcript.status.is_some() {
+            POWEROFF_GRACE
+        } else {
+            Duration::from_secs(10)
+        });
         let _ = stdout_reader.join();
         let stderr = stderr_reader.join().unwrap_or_default();
         let elapsed = started.elapsed();
@@ -811,5 +846,26 @@ mod tests {
             .to_string()
             .starts_with("the test host printed no `LG_SOAK ` line for 450 s and was killed"));
         assert!(!silent("LG_SOAK kill 3 found=1\n").test_host_stalled());
+    }
+
+    #[test]
+    fn a_test_host_that_fell_silent_is_booted_again_and_says_so() {
+        // As net.rs's test host did in CI: a guest triple-faulted, then both
+        // of the test host's vCPUs halted and not one more line came.
+        let fell_silent = TestHostError::TimedOut {
+            limit: Duration::from_secs(360),
+            silent: Some(ANY_LINE),
+            output: "LG_TESTHOST_READY\nLG_E2E_BEGIN tunnet\nLG_NET_SERVING\n".to_string(),
+        };
+        assert!(fell_silent.test_host_failed_by_itself());
+        assert!(!fell_silent.test_host_panicked());
+        assert!(fell_silent
+            .to_string()
+            .starts_with("the test host printed nothing for 360 s and was killed"));
+        let host = TestHost::new().silence_limit(Duration::from_secs(360));
+        let watch = host.progress.expect("a silence limit watches the console");
+        assert!(["LG_TESTHOST_READY", "[ 2.5] virtio_blk", ""]
+            .iter()
+            .all(|line| line.contains(watch.marker)));
     }
 }
