@@ -304,6 +304,16 @@ impl Vmm {
 const BOOT_ARGS: &str = "console=ttyS0 panic=-1 lgtest=poweroff";
 const SHELL_ARGS: &str = "console=ttyS0 panic=-1";
 
+/// The many-guests figure's command line: the boot figure's, `quiet`.
+/// Eight guests printing every kernel message on the serial port make
+/// eight streams of port-I/O exits, right after which the test host's
+/// emulated SVM loses a guest (the README's reliability section): with
+/// full messages 5 of 8 reached `/init` in the run of 27 November. The
+/// ratio compares like with like: the one guest alone boots the same way.
+/// (Not `console=hvc0`: its driver is a module, so `/init`'s first line
+/// would have no console to reach.)
+const MANY_ARGS: &str = "console=ttyS0 quiet panic=-1 lgtest=poweroff";
+
 /// The boot figure's guest (lg with `-v`, for its start-up line), the idle
 /// guest's devices, and the network guest's.
 const BOOT: Devices = Devices {
@@ -570,7 +580,7 @@ fn lazy_script() -> String {
 /// The many-guests test host's script: one guest alone first when `one`,
 /// then [`MANY_GUESTS`] of them, `gap` seconds apart.
 fn many_script(gap: u32, one: bool) -> String {
-    let command = shell::join(&LG.command(MANY_GUEST_MB, BOOT_ARGS, Devices::default()));
+    let command = shell::join(&LG.command(MANY_GUEST_MB, MANY_ARGS, Devices::default()));
     let mut text = functions();
     if one {
         for run in 0..=ONE_RUNS {
@@ -704,6 +714,8 @@ mod tests {
         let many = many_script(0, true);
         assert_eq!(many.matches("bench_boot one ").count(), 4);
         assert!(many.contains("bench_many at-once 0 lg run 128 "));
+        // Quiet, the one guest alone and the eight alike (MANY_ARGS).
+        assert_eq!(many.matches(" quiet ").count(), 5, "{many}");
         assert!(many_script(2, false).contains("bench_many staggered 2 "));
         assert!(!has_placeholder(&many) && !has_placeholder(&lazy_script()));
     }
