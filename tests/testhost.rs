@@ -27,7 +27,8 @@ fn a_silent_test_host_is_ended_at_its_silence_limit_and_booted_once_more() {
         // run would pass.
         .expect_err("a script that sleeps 600 s cannot finish within a 20 s silence limit");
     assert!(
-        matches!(error, TestHostError::TimedOut { limit, .. } if limit == quiet),
+        error.test_host_went_silent()
+            && matches!(error, TestHostError::TimedOut { limit, .. } if limit == quiet),
         "the silence limit should have ended the run: {error}"
     );
     assert!(

@@ -170,16 +170,20 @@ impl TestHostError {
     /// [`silence_limit`](TestHost::silence_limit): a test host whose every
     /// step has a shorter limit of its own has stopped altogether.
     pub fn test_host_stalled(&self) -> bool {
-        match self {
+        self.test_host_went_silent()
+            || matches!(self, TestHostError::TimedOut { output, .. }
+                if TEST_HOST_STALL.iter().any(|warning| output.contains(warning)))
+    }
+
+    /// Whether the run's [`silence_limit`](TestHost::silence_limit) ended it.
+    pub fn test_host_went_silent(&self) -> bool {
+        matches!(
+            self,
             TestHostError::TimedOut {
                 silent: Some(ANY_LINE),
                 ..
-            } => true,
-            TestHostError::TimedOut { output, .. } => TEST_HOST_STALL
-                .iter()
-                .any(|warning| output.contains(warning)),
-            _ => false,
-        }
+            }
+        )
     }
 
     /// A panic or a stall of the test host's own kernel: see
@@ -219,13 +223,12 @@ fn record_crash(shell_command: &str, crash: &TestHostError) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let first_line = shell_command.lines().next().unwrap_or("");
-    let what = match crash {
-        _ if crash.test_host_panicked() => "panic",
-        TestHostError::TimedOut {
-            silent: Some(ANY_LINE),
-            ..
-        } => "silence",
-        _ => "stall",
+    let what = if crash.test_host_panicked() {
+        "panic"
+    } else if crash.test_host_went_silent() {
+        "silence"
+    } else {
+        "stall"
     };
     let entry = format!(
         "--- test host kernel {what} at {when} (Unix time), retried; command began: \
@@ -399,19 +402,19 @@ impl TestHost {
     /// limit), so a run that hit its limit after such warnings is booted
     /// once more too; and it stops a test host altogether (both vCPUs
     /// halted, QEMU idle, not one more line), which a run with a
-    /// [`silence_limit`](Self::silence_limit) counts the same. Every retry is logged in
-    /// `target/testhost/crashes.log` with the console that showed it.
+    /// [`silence_limit`](Self::silence_limit) counts the same. Every retry
+    /// is logged in `target/testhost/crashes.log` with the console that
+    /// showed it.
     pub fn run(&self, shell_command: &str) -> Result<TestHostRun, TestHostError> {
         let base = self.base()?;
         match self.boot(&base, Some(shell_command), false) {
             Err(crash) if crash.test_host_failed_by_itself() => {
-                let what = match &crash {
-                    _ if crash.test_host_panicked() => "panicked",
-                    TestHostError::TimedOut {
-                        silent: Some(ANY_LINE),
-                        ..
-                    } => "went silent",
-                    _ => "stalled until the time limit",
+                let what = if crash.test_host_panicked() {
+                    "panicked"
+                } else if crash.test_host_went_silent() {
+                    "went silent"
+                } else {
+                    "stalled until the time limit"
                 };
                 progress(format!(
                     "testhost: the test host's own kernel {what}, so it is booted once more; \
@@ -858,6 +861,7 @@ mod tests {
             output: "LG_TESTHOST_READY\nLG_E2E_BEGIN tunnet\nLG_NET_SERVING\n".to_string(),
         };
         assert!(fell_silent.test_host_failed_by_itself());
+        assert!(fell_silent.test_host_went_silent());
         assert!(!fell_silent.test_host_panicked());
         assert!(fell_silent
             .to_string()
