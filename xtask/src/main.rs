@@ -71,8 +71,8 @@ usage: cargo xtask <command>
         --control qemu: the boots with QEMU -M pc instead of lg, the test
         host's own failure rate; --trace: print the test host KVM's last
         trace events for a failing cycle or boot; --cpus N: the test host's
-        vCPUs (default 2); --console hvc0: lg's guests print on the virtio
-        console instead of the serial port (default ttyS0)
+        vCPUs (default 2); --console hvc0: the kill cycles' guests print on
+        the virtio console instead of the serial port (default ttyS0)
   fuzz [--seconds N] [--target NAME]
         build the fuzz targets in fuzz/ (cargo-fuzz, installed if missing)
         and run each for N seconds (default 60) on a copy of its seed

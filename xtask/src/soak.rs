@@ -55,8 +55,9 @@ pub struct Soak {
     /// which tells a failure of QEMU's emulation under cross-CPU
     /// interrupts from one that comes without them.
     pub cpus: Option<u32>,
-    /// The lg guests' console: the 16550 (the default) or the virtio
-    /// console.
+    /// The kill cycles' console: the 16550 (the default) or the virtio
+    /// console. The boots always print on the 16550: `/init`'s first line,
+    /// which they wait for, comes before the virtio console's module loads.
     pub console: Console,
 }
 
@@ -108,8 +109,11 @@ const SCRIPT: &str = r#"
 # Not quiet: a guest that fails early leaves its last kernel messages in
 # the console tail below (on the serial port, whose bytes are kept in
 # KVM's ring, they cost little; on hvc0 they are replayed once the virtio
-# console is up, so a guest that fails before that shows none).
-K="/kit/bzImage --initrd=/kit/initrd.cpio.gz @CONSOLE@ panic=-1"
+# console is up, so a guest that fails before that shows none). The boots
+# stay on the serial port whatever --console says: their /init marker is
+# printed before the virtio console's module is loaded.
+K="/kit/bzImage --initrd=/kit/initrd.cpio.gz console=ttyS0 panic=-1"
+KILL_K="/kit/bzImage --initrd=/kit/initrd.cpio.gz @CONSOLE@ panic=-1"
 # Whether process $1 is still running: busybox's `kill -0` also says yes
 # to a zombie, which an lg that ended on its own is until `wait`.
 running() {
@@ -158,7 +162,7 @@ while [ $cycle -le KILLS ]; do
 	# background child, and wait_for could otherwise still read the last
 	# cycle's LG_SYNCED and kill this lg before its guest had started.
 	: >/tmp/cycle.out
-	lg run --block=/disk/root.img 256 $K lgtest=syncloop </dev/null >/tmp/cycle.out 2>&1 &
+	lg run --block=/disk/root.img 256 $KILL_K lgtest=syncloop </dev/null >/tmp/cycle.out 2>&1 &
 	pid=$!
 	wait_for 'LG_SYNCED=\|LG_MOUNT_FAILED' $pid 3000
 	sleep $((RANDOM % 2)).$((RANDOM % 10))
@@ -463,23 +467,28 @@ fn test_host(soak: Soak, echo: Echo, image: &Path) -> Result<(TestHost, String),
             qemu_boot()
         }
     };
-    let script = SCRIPT
-        .replace("KILLS", &soak.kills.to_string())
-        .replace("BOOTS", &soak.boots.to_string())
-        .replace("BOOT_COMMAND", &boot_command)
-        .replace("@TRACE@", if soak.trace { "yes" } else { "no" })
-        .replace("@CONSOLE@", soak.console.kernel_argument());
+    let script = script(soak, &boot_command);
     let cpus = soak
         .cpus
         .map_or(String::new(), |cpus| format!(" with {cpus} vCPU(s)"));
     progress(format!(
-        "soak: {} kill cycles and {} boots of {} in one test host{cpus}, lg's guests on {}",
+        "soak: {} kill cycles (guests on {}) and {} boots of {} in one test host{cpus}",
         soak.kills,
+        soak.console.kernel_argument(),
         soak.boots,
-        kit.kernel_version,
-        soak.console.kernel_argument()
+        kit.kernel_version
     ));
     Ok((host, script))
+}
+
+/// [`SCRIPT`] for `soak`, its boots running `boot_command`.
+fn script(soak: Soak, boot_command: &str) -> String {
+    SCRIPT
+        .replace("KILLS", &soak.kills.to_string())
+        .replace("BOOTS", &soak.boots.to_string())
+        .replace("BOOT_COMMAND", boot_command)
+        .replace("@TRACE@", if soak.trace { "yes" } else { "no" })
+        .replace("@CONSOLE@", soak.console.kernel_argument())
 }
 
 #[cfg(test)]
@@ -502,6 +511,40 @@ noise";
         let passed: Vec<bool> = results.kills.iter().map(KillCycle::passed).collect();
         assert_eq!(passed, [true, true, false, false, false]);
         assert_eq!(results.boots, [true, false, false]);
+    }
+
+    #[test]
+    fn console_hvc0_moves_the_kill_cycles_and_leaves_the_boots_on_the_serial_port() {
+        let soak = Soak {
+            kills: 3,
+            boots: 2,
+            control: Boot::Lg,
+            trace: false,
+            cpus: None,
+            console: Console::Virtio,
+        };
+        let text = script(soak, LG_BOOT);
+        let kernel = |name: &str| {
+            text.lines()
+                .find(|line| line.starts_with(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name}= in the script"))
+                .to_string()
+        };
+        assert!(kernel("KILL_K").contains(" console=hvc0 "), "{text}");
+        assert!(kernel("K").contains(" console=ttyS0 "), "{text}");
+        assert!(text.contains("256 $KILL_K lgtest=syncloop"), "{text}");
+        assert!(text.contains("lg run 256 $K lgtest=poweroff"), "{text}");
+        let serial = script(
+            Soak {
+                console: Console::Serial,
+                ..soak
+            },
+            LG_BOOT,
+        );
+        assert!(
+            !serial.contains("console=hvc0") && !serial.contains("@CONSOLE@"),
+            "{serial}"
+        );
     }
 
     #[test]
