@@ -70,7 +70,8 @@ fn synced_data_survives_kill_nine_twenty_times() {
             // guest printing every value on the serial port makes the port
             // accesses after which the test host's emulated SVM loses a
             // guest about once in 50 cycles (the README's reliability
-            // section); on hvc0 the soak passed 100 of 100.
+            // section); on hvc0 the soak passed 100 of 100, and a guest
+            // is lost far less often (below).
             console: Console::Virtio,
         },
         Echo::Lines,
@@ -87,16 +88,39 @@ fn synced_data_survives_kill_nine_twenty_times() {
         "every cycle should report\n{}",
         evidence.join("\n")
     );
-    let failed: Vec<usize> = (1..=results.kills.len())
+    // A guest that triple-faulted before it had mounted its disk (nothing
+    // found, nothing synced, the image still clean) leaves nothing to judge:
+    // it is the test host's emulated SVM losing a guest (README,
+    // Reliability; once in some 160 cycles on hvc0), and the next cycle is
+    // still judged against the last value really synced. Two such cycles
+    // at most; any other failure fails the test.
+    let platform_lost = |cycle: usize| {
+        let judged = &results.kills[cycle - 1];
+        judged.found.is_none()
+            && judged.synced.is_none()
+            && judged.check == 0
+            && evidence.iter().any(|line| {
+                line.starts_with(&format!(
+                    "LG_SOAK_CONSOLE {cycle} lg: the guest triple-faulted"
+                ))
+            })
+    };
+    let (lost, failed): (Vec<usize>, Vec<usize>) = (1..=results.kills.len())
         .filter(|&cycle| !results.kills[cycle - 1].passed())
-        .collect();
+        .partition(|&cycle| platform_lost(cycle));
     assert!(
         failed.is_empty(),
         "cycles {failed:?} lost synced data or left a filesystem e2fsck does not pass\n{}",
         evidence.join("\n")
     );
+    assert!(
+        lost.len() <= 2,
+        "the guests of cycles {lost:?} triple-faulted before mounting their disk: more than \
+         the test host's rare failure explains\n{}",
+        evidence.join("\n")
+    );
     // The guest really wrote between kills: the counter moved on.
-    let last = results.kills.last().and_then(|cycle| cycle.synced);
+    let last = results.kills.iter().filter_map(|cycle| cycle.synced).max();
     assert!(
         last.is_some_and(|n| n >= u64::from(KILL_CYCLES)),
         "after {KILL_CYCLES} cycles the counter should be at least {KILL_CYCLES}, is {last:?}\n{}",
