@@ -214,6 +214,20 @@ const TEST_HOST_STALL: [&str; 3] = [
     " blocked for more than ",
 ];
 
+/// Whether a console line is part of a kernel's report that it stopped
+/// making progress: such a line is no sign of progress itself. (A test host
+/// in CI printed RCU's two-line stall report every 63 s for 14 minutes and
+/// nothing else, so that it never went silent.)
+fn reports_a_stall(line: &str) -> bool {
+    line.contains("rcu: ") || TEST_HOST_STALL.iter().any(|warning| line.contains(warning))
+}
+
+/// How many times [`TestHost::run`] boots a test host again after its own
+/// kernel failed. A CI run once lost the first boot of a test host to an
+/// RCU stall and its second to the stack-guard panic; a third boot makes
+/// that about as rare again.
+pub const BOOTS_AFTER_OWN_FAILURE: u32 = 2;
+
 /// Appends a retried crash to `target/testhost/crashes.log`, so that their
 /// rate stays visible after the run that retried them passed.
 fn record_crash(shell_command: &str, crash: &TestHostError) {
@@ -277,6 +291,9 @@ impl fmt::Display for TestHostError {
                 let seconds = limit.as_secs();
                 let why = match silent {
                     None => format!("ran past its {seconds} s limit"),
+                    Some(ANY_LINE) if output.lines().any(reports_a_stall) => {
+                        format!("printed nothing but stall warnings for {seconds} s")
+                    }
                     Some(ANY_LINE) => format!("printed nothing for {seconds} s"),
                     Some(marker) => format!("printed no `{marker}` line for {seconds} s"),
                 };
@@ -340,7 +357,8 @@ impl TestHost {
 
     /// Ends the run when, once the test host is ready, its console prints
     /// nothing at all for `quiet`, and counts that as the test host's own
-    /// failure ([`run`](Self::run) boots it once more). For a script each
+    /// failure ([`run`](Self::run) boots it again). A kernel's stall
+    /// warnings do not count as lines here. For a script each
     /// of whose steps has a shorter limit of its own (the end-to-end tests'
     /// `timeout -s KILL` around every lg), so that only a test host that
     /// stopped can be silent that long. Replaces
@@ -389,42 +407,50 @@ impl TestHost {
     /// Uses what `cargo xtask test` prepared (lg, the kit, Debian's kernel)
     /// and never runs cargo: `cargo test` holds the build directory's lock.
     ///
-    /// A test host whose own kernel panics is booted once more: QEMU's
+    /// A test host whose own kernel panics is booted again (twice at most,
+    /// see [`BOOTS_AFTER_OWN_FAILURE`]): QEMU's
     /// emulated SVM, rarely, leaves the test host's kernel in a state it
     /// cannot survive (seen: a page fault in the world switch that recursed
     /// until the stack guard page, once in some hundred boots), which says
     /// nothing about lg and would fail every test sharing that host. lg is a
     /// user process there and cannot panic that kernel by itself; a crash
-    /// that lg did cause through a KVM bug comes back, fails the second
-    /// boot too, and is reported. The same defect also stalls the test
+    /// that lg did cause through a KVM bug comes back, fails every boot,
+    /// and is reported. The same defect also stalls the test
     /// host's kernel instead (a CPU found spinning in the world switch
     /// with interrupts lost, RCU stall warnings every minute until the time
     /// limit), so a run that hit its limit after such warnings is booted
-    /// once more too; and it stops a test host altogether (both vCPUs
-    /// halted, QEMU idle, not one more line), which a run with a
-    /// [`silence_limit`](Self::silence_limit) counts the same. Every retry
+    /// again too; and it stops a test host altogether (both vCPUs halted,
+    /// QEMU idle, not one more line), which a run with a
+    /// [`silence_limit`](Self::silence_limit) counts the same (stall
+    /// warnings are not counted as lines there, so a stalled host is found
+    /// at that limit too). Every retry
     /// is logged in `target/testhost/crashes.log` with the console that
     /// showed it.
     pub fn run(&self, shell_command: &str) -> Result<TestHostRun, TestHostError> {
         let base = self.base()?;
-        match self.boot(&base, Some(shell_command), false) {
-            Err(crash) if crash.test_host_failed_by_itself() => {
-                let what = if crash.test_host_panicked() {
-                    "panicked"
-                } else if crash.test_host_went_silent() {
-                    "went silent"
-                } else {
-                    "stalled until the time limit"
-                };
-                progress(format!(
-                    "testhost: the test host's own kernel {what}, so it is booted once more; \
-                     the first boot's console ended with:{}",
-                    tail(crash.output())
-                ));
-                record_crash(shell_command, &crash);
-                self.boot(&base, Some(shell_command), false)
+        let boots = 1 + BOOTS_AFTER_OWN_FAILURE;
+        let mut boot = 1;
+        loop {
+            match self.boot(&base, Some(shell_command), false) {
+                Err(crash) if crash.test_host_failed_by_itself() && boot < boots => {
+                    let what = if crash.test_host_panicked() {
+                        "panicked"
+                    } else if crash.test_host_went_silent() {
+                        "went silent"
+                    } else {
+                        "stalled until the time limit"
+                    };
+                    progress(format!(
+                        "testhost: the test host's own kernel {what}, so it is booted once more \
+                         (boot {} of at most {boots}); boot {boot}'s console ended with:{}",
+                        boot + 1,
+                        tail(crash.output())
+                    ));
+                    record_crash(shell_command, &crash);
+                    boot += 1;
+                }
+                result => return result,
             }
-            result => result,
         }
     }
 
@@ -543,7 +569,9 @@ impl TestHost {
             };
             match lines.recv_timeout(wait) {
                 Ok(line) => {
-                    if watch.is_some_and(|watch| line.contains(watch.marker)) {
+                    if watch
+                        .is_some_and(|watch| line.contains(watch.marker) && !reports_a_stall(&line))
+                    {
                         last_progress = Some(Instant::now());
                     }
                     if transcript.add(line, started) == Some(READY) {
@@ -866,10 +894,45 @@ mod tests {
         assert!(fell_silent
             .to_string()
             .starts_with("the test host printed nothing for 360 s and was killed"));
+        // One that printed only stall warnings (CI, inspect.rs's first
+        // boot) says so.
+        let stalled = TestHostError::TimedOut {
+            limit: Duration::from_secs(360),
+            silent: Some(ANY_LINE),
+            output: "LG_TESTHOST_READY\n\
+                     [ 56.5] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n\
+                     [ 56.5] rcu: \t0-...0: (122 ticks this GP) softirq=724/726\n"
+                .to_string(),
+        };
+        assert!(stalled.test_host_went_silent());
+        assert!(stalled.to_string().starts_with(
+            "the test host printed nothing but stall warnings for 360 s and was killed"
+        ));
         let host = TestHost::new().silence_limit(Duration::from_secs(360));
         let watch = host.progress.expect("a silence limit watches the console");
         assert!(["LG_TESTHOST_READY", "[ 2.5] virtio_blk", ""]
             .iter()
             .all(|line| line.contains(watch.marker)));
+    }
+
+    #[test]
+    fn stall_warnings_are_not_progress() {
+        for report in [
+            "[   56.547763] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+            "[   56.549423] rcu: \t0-...0: (122 ticks this GP) idle=5c64/1/0x4000000000000000",
+            "[  118.2] rcu: INFO: rcu_preempt self-detected stall on CPU",
+            "[  140.0] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [vcpu0:93]",
+            "[  245.9] INFO: task vcpu0:93 blocked for more than 122 seconds.",
+        ] {
+            assert!(reports_a_stall(report), "{report}");
+        }
+        for progress in [
+            "LG_TESTHOST_READY",
+            "LG_E2E_BEGIN inspect",
+            "[    2.5] virtio_blk virtio1: [vda] 8192 512-byte logical blocks",
+            "",
+        ] {
+            assert!(!reports_a_stall(progress), "{progress}");
+        }
     }
 }
