@@ -52,6 +52,7 @@ fn test_host() -> &'static TestHostRun {
         TestHost::new()
             .timeout(test_host_limit(0, CASES.len() as u32))
             .silence_limit(SILENCE_LIMIT)
+            .retry_lost_guests(0)
             .run(&script(&body))
             .map_err(|e| e.to_string())
     })

@@ -46,6 +46,7 @@ fn test_host() -> &'static TestHostRun {
                 .file(image, "/disk/root.img")
                 .timeout(test_host_limit(3, 4))
                 .silence_limit(SILENCE_LIMIT)
+                .retry_lost_guests(0)
                 .run(&script(&body))
                 .map_err(|e| e.to_string())
         })

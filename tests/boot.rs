@@ -35,6 +35,7 @@ fn test_host() -> &'static TestHostRun {
         TestHost::new()
             .timeout(test_host_limit(7, 0))
             .silence_limit(SILENCE_LIMIT)
+            .retry_lost_guests(0)
             .run(&script(&body))
             .map_err(|e| e.to_string())
     })

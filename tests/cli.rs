@@ -623,6 +623,7 @@ fn in_the_test_host_the_guest_runs_as_the_user_lg_dropped_to() {
     let run = xtask::TestHost::new()
         .timeout(Duration::from_secs(400))
         .silence_limit(SILENCE_LIMIT)
+        .retry_lost_guests(0)
         .run(PRIVILEGE_DROP)
         .unwrap_or_else(|e| panic!("{e}"));
     let output = &run.output;

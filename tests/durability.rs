@@ -34,6 +34,8 @@ fn test_host() -> &'static TestHostRun {
                 .file(image, "/disk/root.img")
                 .timeout(test_host_limit(1, 0))
                 .silence_limit(SILENCE_LIMIT)
+                // As many as the check below lets through.
+                .retry_lost_guests(2)
                 .run(&script(body))
                 .map_err(|e| e.to_string())
         })

@@ -236,6 +236,8 @@ fn test_host() -> &'static TestHostRun {
             .file(&kernels, "/tiny")
             .timeout(test_host_limit(0, KERNELS.len() as u32))
             .silence_limit(SILENCE_LIMIT)
+            // The "triple" kernel.
+            .retry_lost_guests(1)
             .run(&script(&body))
             .map_err(|e| e.to_string());
         let _ = fs::remove_dir_all(&kernels);

@@ -150,6 +150,7 @@ fn test_host() -> &'static TestHostRun {
             })
             .timeout(test_host_limit(4, 0))
             .silence_limit(SILENCE_LIMIT)
+            .retry_lost_guests(0)
             .run(&script(&body()))
             .map_err(|e| e.to_string())
     })

@@ -98,6 +98,7 @@ fn test_host() -> &'static TestHostRun {
             // The hostile case's own limit, plus one ordinary case.
             .timeout(test_host_limit(1, 0) + std::time::Duration::from_secs(HOSTILE_LIMIT_SECS))
             .silence_limit(SILENCE_LIMIT)
+            .retry_lost_guests(0)
             .run(&script(&body))
             .map_err(|e| e.to_string())
     })

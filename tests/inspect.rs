@@ -112,6 +112,7 @@ fn test_host() -> &'static TestHostRun {
         TestHost::new()
             .timeout(test_host_limit(6, 2))
             .silence_limit(SILENCE_LIMIT)
+            .retry_lost_guests(0)
             .run(&script(&body()))
             .map_err(|e| e.to_string())
     })

@@ -114,7 +114,8 @@ fn test_host(test: &str) -> Option<&'static TestHostRun> {
             let mut host = TestHost::new()
                 .file(image, "/disk/root.img")
                 .timeout(test_host_limit(5, 0))
-                .silence_limit(SILENCE_LIMIT);
+                .silence_limit(SILENCE_LIMIT)
+                .retry_lost_guests(0);
             for (name, path) in kernels() {
                 host = host.file(path, &format!("/kernel/{name}"));
             }

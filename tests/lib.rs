@@ -81,8 +81,10 @@ pub fn test_host_limit(cases: u32, fails: u32) -> Duration {
 /// quiet (every lg runs under a limit of its own, [`CASE_LIMIT`] or
 /// [`FAIL_LIMIT`]; the longest other step, the hostile guest's, under
 /// 300 s), so only a test host whose emulated CPUs stopped (seen in CI: both
-/// halted, QEMU idle) is this quiet. `TestHost::run` then boots it once
-/// more, minutes before its whole limit would have come.
+/// halted, QEMU idle) is this quiet. `TestHost::run` then boots it again,
+/// minutes before its whole limit would have come. (Every file also asks
+/// for `TestHost::retry_lost_guests`: a guest the emulated SVM lost to a
+/// triple fault is not lg's failure either.)
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(360);
 
 /// The one test-host run a file's tests share, in `run`: started by

@@ -27,6 +27,7 @@ fn test_host() -> &'static TestHostRun {
             .memory_mb(5120)
             .timeout(test_host_limit(2, 0))
             .silence_limit(SILENCE_LIMIT)
+            .retry_lost_guests(0)
             .run(&script(&body))
             .map_err(|e| e.to_string())
     })

@@ -62,6 +62,7 @@ fn test_host() -> &'static TestHostRun {
             .cpus(4)
             .timeout(test_host_limit(5, 0))
             .silence_limit(SILENCE_LIMIT)
+            .retry_lost_guests(0)
             .run(&script(&body))
             .map_err(|e| e.to_string())
     })

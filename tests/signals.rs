@@ -89,6 +89,7 @@ fn test_host() -> &'static TestHostRun {
         TestHost::new()
             .timeout(test_host_limit(5, 0))
             .silence_limit(SILENCE_LIMIT)
+            .retry_lost_guests(0)
             .run(&script(BODY))
             .map_err(|e| e.to_string())
     })

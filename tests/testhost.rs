@@ -11,8 +11,17 @@
 //! not at its whole limit, booted again as often as `TestHost::run`
 //! allows, reported with the limit that ended it, and logged in
 //! `target/testhost/crashes.log` once for each boot that was retried.
+//!
+//! The same emulated SVM now and then loses a guest to a triple fault
+//! right after a port access (README, Reliability), so the tests also ask
+//! `TestHost::retry_lost_guests`: a run in which more guests triple-faulted
+//! than expected is booted again. Here a guest made to triple-fault (Linux's
+//! `reboot=t` resets by a triple fault) must be booted three times, with
+//! two log entries, and its third run returned for the test to judge.
 
 use std::time::Duration;
+
+use lg_e2e::boot_kit;
 
 use xtask::testhost::BOOTS_AFTER_OWN_FAILURE;
 use xtask::{TestHost, TestHostError};
@@ -68,6 +77,48 @@ fn a_test_host_printing_only_stall_warnings_is_ended_at_its_silence_limit_and_bo
         assert!(
             entry.starts_with("test host kernel silence at "),
             "the entry should name a silence: {entry}"
+        );
+    }
+}
+
+#[test]
+fn a_run_that_lost_a_guest_it_did_not_expect_is_booted_again() {
+    let marker = format!(
+        "# a guest lost on purpose, lg-e2e pid {}",
+        std::process::id()
+    );
+    let script = format!(
+        "{marker}\nlg {} </dev/null\necho LG_LOST_GUEST_STATUS=$?\n",
+        boot_kit(128, "quiet reboot=t lgtest=reboot")
+    );
+    let run = TestHost::new()
+        .timeout(Duration::from_secs(300))
+        .retry_lost_guests(0)
+        .run(&script)
+        .expect("each boot's lg should report its status");
+    // The third boot's run comes back as it was, for the test to judge.
+    assert!(
+        run.output.contains("lg: the guest triple-faulted")
+            && run.output.contains("LG_LOST_GUEST_STATUS=2"),
+        "the guest should have triple-faulted and lg ended with status 2:\n{}",
+        run.output
+    );
+    let log = std::fs::read_to_string(xtask::testhost::dir().join("crashes.log"))
+        .expect("the retried boots should be logged in crashes.log");
+    let entries: Vec<&str> = log
+        .split("--- ")
+        .filter(|entry| entry.contains(&marker))
+        .collect();
+    assert_eq!(
+        entries.len(),
+        BOOTS_AFTER_OWN_FAILURE as usize,
+        "one crashes.log entry for each boot that was retried:\n{log}"
+    );
+    for entry in entries {
+        assert!(
+            entry.starts_with("test host lost guest at ")
+                && entry.contains("lg: the guest triple-faulted"),
+            "the entry should name the lost guest and show lg's line: {entry}"
         );
     }
 }
