@@ -60,20 +60,7 @@ fn a_test_host_printing_only_stall_warnings_is_ended_at_its_silence_limit_and_bo
         ),
         "{error}"
     );
-    // Only a retry logs (TestHost::run), so every boot but the last has
-    // an entry.
-    let log = std::fs::read_to_string(xtask::testhost::dir().join("crashes.log"))
-        .expect("the retried boots' silence should be logged in crashes.log");
-    let entries: Vec<&str> = log
-        .split("--- ")
-        .filter(|entry| entry.contains(&marker))
-        .collect();
-    assert_eq!(
-        entries.len(),
-        BOOTS_AFTER_OWN_FAILURE as usize,
-        "one crashes.log entry for each boot that was retried:\n{log}"
-    );
-    for entry in entries {
+    for entry in retries_logged(&marker) {
         assert!(
             entry.starts_with("test host kernel silence at "),
             "the entry should name a silence: {entry}"
@@ -103,22 +90,30 @@ fn a_run_that_lost_a_guest_it_did_not_expect_is_booted_again() {
         "the guest should have triple-faulted and lg ended with status 2:\n{}",
         run.output
     );
-    let log = std::fs::read_to_string(xtask::testhost::dir().join("crashes.log"))
-        .expect("the retried boots should be logged in crashes.log");
-    let entries: Vec<&str> = log
-        .split("--- ")
-        .filter(|entry| entry.contains(&marker))
-        .collect();
-    assert_eq!(
-        entries.len(),
-        BOOTS_AFTER_OWN_FAILURE as usize,
-        "one crashes.log entry for each boot that was retried:\n{log}"
-    );
-    for entry in entries {
+    for entry in retries_logged(&marker) {
         assert!(
             entry.starts_with("test host lost guest at ")
                 && entry.contains("lg: the guest triple-faulted"),
             "the entry should name the lost guest and show lg's line: {entry}"
         );
     }
+}
+
+/// The `crashes.log` entries of the run whose script began with `marker`,
+/// checked to be one for each boot but the last: only a retry logs
+/// (`TestHost::run`).
+fn retries_logged(marker: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(xtask::testhost::dir().join("crashes.log"))
+        .expect("the retried boots should be logged in crashes.log");
+    let entries: Vec<String> = log
+        .split("--- ")
+        .filter(|entry| entry.contains(marker))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        entries.len(),
+        BOOTS_AFTER_OWN_FAILURE as usize,
+        "one crashes.log entry for each boot that was retried:\n{log}"
+    );
+    entries
 }
