@@ -16,7 +16,7 @@
 //!   `kvm_pvm`), a nested test host: QEMU TCG emulating AMD SVM, whose own
 //!   KVM runs lg and the guest kit. The end-to-end tests in `tests/` use it
 //!   through [`TestHost`].
-//! - [`bench`]: `cargo xtask bench`, lg beside QEMU in one test host.
+//! - [`mod@bench`]: `cargo xtask bench`, lg beside QEMU in one test host.
 //! - [`kernel`]: `cargo xtask kernel`, a guest kernel with lg's drivers built
 //!   in, from Debian's kernel source and `kernel-patches/lg.config`.
 //!

@@ -474,27 +474,26 @@ impl TestHost {
     /// Uses what `cargo xtask test` prepared (lg, the kit, Debian's kernel)
     /// and never runs cargo: `cargo test` holds the build directory's lock.
     ///
-    /// A test host whose own kernel panics is booted again (twice at most,
-    /// see [`BOOTS_AFTER_OWN_FAILURE`]): QEMU's
-    /// emulated SVM, rarely, leaves the test host's kernel in a state it
-    /// cannot survive (seen: a page fault in the world switch that recursed
-    /// until the stack guard page, once in some hundred boots), which says
-    /// nothing about lg and would fail every test sharing that host. lg is a
-    /// user process there and cannot panic that kernel by itself; a crash
-    /// that lg did cause through a KVM bug comes back, fails every boot,
-    /// and is reported. The same defect also stalls the test
-    /// host's kernel instead (a CPU found spinning in the world switch
-    /// with interrupts lost, RCU stall warnings every minute until the time
-    /// limit), so a run that hit its limit after such warnings is booted
-    /// again too; and it stops a test host altogether (both vCPUs halted,
-    /// QEMU idle, not one more line), which a run with a
+    /// A test host that fails by itself is booted again, twice at most
+    /// ([`BOOTS_AFTER_OWN_FAILURE`]), and the last boot's result is
+    /// returned. QEMU's emulated SVM, rarely, leaves the test host's kernel
+    /// in a state it cannot survive (seen: a page fault in the world switch
+    /// that recursed until the stack guard page, once in some hundred
+    /// boots), which says nothing about lg and would fail every test
+    /// sharing that host. lg is a user process there and cannot panic that
+    /// kernel by itself; a crash that lg did cause through a KVM bug comes
+    /// back, fails every boot, and is reported. The same defect also stalls
+    /// the test host's kernel instead (a CPU found spinning in the world
+    /// switch with interrupts lost, RCU stall warnings every minute until
+    /// the time limit), so a run that hit its limit after such warnings is
+    /// booted again too; and it stops a test host altogether (both vCPUs
+    /// halted, QEMU idle, not one more line), which a run with a
     /// [`silence_limit`](Self::silence_limit) counts the same (stall
-    /// warnings are not counted as lines there, so a stalled host is found
-    /// at that limit too). With [`retry_lost_guests`](Self::retry_lost_guests),
-    /// a run that lost more guests to a triple fault than it expected is
-    /// booted again as well. Every retry
-    /// is logged in `target/testhost/crashes.log` with the console that
-    /// showed it.
+    /// warnings are not lines there, so a stalled host is ended at that
+    /// limit too). With [`retry_lost_guests`](Self::retry_lost_guests), a
+    /// run that lost more guests to a triple fault than it expected is
+    /// booted again as well. Every retry is logged in
+    /// `target/testhost/crashes.log` with the console that showed it.
     pub fn run(&self, shell_command: &str) -> Result<TestHostRun, TestHostError> {
         let base = self.base()?;
         let boots = 1 + BOOTS_AFTER_OWN_FAILURE;
@@ -526,8 +525,8 @@ impl TestHost {
         }
     }
 
-    /// A run that lost more guests than [`retry_lost_guests`]
-    /// (Self::retry_lost_guests) allowed.
+    /// A run that lost more guests than
+    /// [`retry_lost_guests`](Self::retry_lost_guests) allowed.
     fn lost_guests(&self, run: &TestHostRun) -> Option<OwnFailure> {
         let expected = self.expected_lost_guests?;
         let lost = run.lines().filter(|line| line.contains(LOST_GUEST)).count();
