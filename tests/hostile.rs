@@ -61,16 +61,21 @@ const SURVIVED: [&str; 3] = [
 /// (two seconds then).
 const HOSTILE_LIMIT_SECS: u64 = 300;
 
-/// The hostile run, marked like `lg_case` but with lg's stderr kept in a
-/// file and printed as `LG_E2E_STDERR` lines, so warnings can be counted
-/// apart from the guest's console.
+/// The hostile run, marked (and watched) like `lg_case` but with lg's
+/// stderr kept in a file and printed as `LG_E2E_STDERR` lines, so warnings
+/// can be counted apart from the guest's console.
 const HOSTILE_CASE: &str = r#"
 dd if=/dev/zero of=/tmp/hostile.img bs=512 count=2048 2>/dev/null
 printf LGDISKOK | dd of=/tmp/hostile.img conv=notrunc 2>/dev/null
 echo "LG_E2E_BEGIN hostile"
+lg_e2e_watch HOSTILE_LIMIT hostile &
+watch=$!
 timeout -s KILL HOSTILE_LIMIT lg HOSTILE_ARGS </dev/null 2>/tmp/hostile.stderr
 status=$?
+kill $watch 2>/dev/null
+wait $watch 2>/dev/null
 sed 's/^/LG_E2E_STDERR /' /tmp/hostile.stderr
+lg_e2e_killed hostile $status HOSTILE_LIMIT
 printf '\nLG_E2E_END hostile %s\n' "$status"
 "#;
 

@@ -30,17 +30,51 @@ use std::time::{Duration, Instant};
 /// `lg_fail NAME ARGS...` does the same with lg's stderr captured, each line
 /// printed as `LG_E2E_STDERR <line>`, for runs that must be refused.
 /// Each lg gets a time limit of its own (killed: status 137), so one hung
-/// guest fails its case and not the whole file.
+/// guest fails its case and not the whole file. 10 s before an `lg_case`'s
+/// limit, `lg_e2e_watch LIMIT NAME` (run beside it) prints every running
+/// guest's registers and exit counts, and where each of lg's threads waits
+/// in the kernel, as `LG_E2E_HUNG NAME ...` lines, so a case that hung
+/// shows whether its guest was spinning or halted, or lg was stuck; a case killed at its limit then prints `LG_GUEST_STOPPED NAME`,
+/// which `TestHost::retry_lost_guests` counts as a lost guest.
 /// The script exits with the first non-zero `lg_case` status.
 const PRELUDE: &str = r#"
 lg_case_limit=LG_CASE_LIMIT
 lg_fail_limit=LG_FAIL_LIMIT
 lg_e2e_status=0
+lg_e2e_watch() {
+	trap 'kill $lg_e2e_sleep 2>/dev/null; exit 0' TERM
+	sleep $(($1 - 10)) &
+	lg_e2e_sleep=$!
+	wait $lg_e2e_sleep
+	printf '\nLG_E2E_HUNG %s still running 10 s before its %s s limit\n' "$2" "$1"
+	for sock in /run/lg/*.sock; do
+		[ -S "$sock" ] || continue
+		guest=${sock##*/}
+		guest=${guest%.sock}
+		{ timeout 5 lg regs "$guest"; timeout 5 lg stat "$guest"; } 2>&1 |
+			sed "s/^/LG_E2E_HUNG $2 $guest /"
+	done
+	for pid in $(pidof lg); do
+		for task in /proc/$pid/task/*; do
+			echo "lg $pid thread ${task##*/} $(cat $task/comm)" \
+				"$(sed -n 's/^State:\t//p' $task/status) in $(cat $task/wchan)"
+		done
+	done 2>&1 | sed "s/^/LG_E2E_HUNG $2 /"
+}
+lg_e2e_killed() {
+	[ "$2" = 137 ] && printf '\nLG_GUEST_STOPPED %s: lg was killed at its %s s limit\n' "$1" "$3"
+	return 0
+}
 lg_case() {
 	name=$1; shift
 	echo "LG_E2E_BEGIN $name"
+	lg_e2e_watch $lg_case_limit "$name" &
+	watch=$!
 	timeout -s KILL $lg_case_limit lg "$@"
 	status=$?
+	kill $watch 2>/dev/null
+	wait $watch 2>/dev/null
+	lg_e2e_killed "$name" $status $lg_case_limit
 	printf '\nLG_E2E_END %s %s\n' "$name" "$status"
 	[ "$lg_e2e_status" = 0 ] && lg_e2e_status=$status
 	return 0

@@ -18,12 +18,17 @@
 //! than expected is booted again. Here a guest made to triple-fault (Linux's
 //! `reboot=t` resets by a triple fault) must be booted three times, with
 //! two log entries, and its third run returned for the test to judge.
+//!
+//! A guest may also stop where it cannot wake. `lg_case` then shows the
+//! guest's registers and exit counts before its limit and says it killed
+//! lg (`LG_GUEST_STOPPED`), which counts as a lost guest too: shown here
+//! with an idle guest under a short limit.
 
 use std::time::Duration;
 
-use lg_e2e::boot_kit;
+use lg_e2e::{boot_kit, case, script, KILLED_BY_TIMEOUT};
 
-use xtask::testhost::BOOTS_AFTER_OWN_FAILURE;
+use xtask::testhost::{BOOTS_AFTER_OWN_FAILURE, GUEST_STOPPED};
 use xtask::{TestHost, TestHostError};
 
 #[test]
@@ -116,4 +121,51 @@ fn retries_logged(marker: &str) -> Vec<String> {
         "one crashes.log entry for each boot that was retried:\n{log}"
     );
     entries
+}
+
+#[test]
+fn a_case_still_running_at_its_limit_shows_its_guest_and_counts_as_stopped() {
+    // An idle guest plays a hung one, under a limit short enough for a
+    // test: lg_case's watcher prints the guest's registers and exit
+    // counts, and where lg's threads wait, 10 s before the limit; then the
+    // case says it killed lg.
+    let body = format!(
+        "lg_case_limit=40\nlg_case idle {}\n",
+        boot_kit(128, "quiet lgtest=idle")
+    );
+    let run = TestHost::new()
+        .timeout(Duration::from_secs(300))
+        // Expected here, so one boot; a second lost guest would be retried.
+        .retry_lost_guests(1)
+        .run(&script(&body))
+        .expect("the test host should report the script's status");
+    let idle = case(&run.output, "idle");
+    let story = idle.describe();
+    assert_eq!(idle.status, Some(KILLED_BY_TIMEOUT), "{story}");
+    assert!(
+        idle.printed("LG_IDLE"),
+        "the guest should have booted\n{story}"
+    );
+    let hung: Vec<&String> = idle
+        .console
+        .iter()
+        .filter(|line| line.starts_with("LG_E2E_HUNG idle "))
+        .collect();
+    assert!(
+        hung.first()
+            .is_some_and(|line| line.contains("still running 10 s before its 40 s limit")),
+        "the watcher should say the case is still running\n{story}"
+    );
+    for what in ["RIP:", "CR3:", "vcpu0.exits=", " thread "] {
+        assert!(
+            hung.iter().any(|line| line.contains(what)),
+            "the watcher should show the guest's {what}\n{story}"
+        );
+    }
+    assert!(
+        idle.printed(&format!(
+            "{GUEST_STOPPED}idle: lg was killed at its 40 s limit"
+        )),
+        "a case killed at its limit should say so\n{story}"
+    );
 }

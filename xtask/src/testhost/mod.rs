@@ -262,8 +262,9 @@ impl OwnFailure {
             OwnFailure::Stall => "the test host's own kernel stalled until the time limit".into(),
             OwnFailure::Silence => "the test host's own kernel went silent".into(),
             OwnFailure::LostGuests { lost, expected } => format!(
-                "{lost} guest(s) triple-faulted in the test host where {expected} should have \
-                 (QEMU's emulated SVM loses one now and then, README, Reliability)"
+                "{lost} guest(s) were lost in the test host (triple-faulted, or stopped until \
+                 lg was killed) where {expected} should have been (QEMU's emulated SVM loses \
+                 one now and then, README, Reliability)"
             ),
         }
     }
@@ -305,7 +306,17 @@ fn record_retry(shell_command: &str, failure: OwnFailure, output: &str) {
 }
 
 /// What lg prints when its guest triple-faulted (`crates/switcher`).
-const LOST_GUEST: &str = "lg: the guest triple-faulted";
+const TRIPLE_FAULT: &str = "lg: the guest triple-faulted";
+
+/// What a script prints when it killed an lg at its time limit, its guest
+/// having stopped (the end-to-end tests' prelude does, `tests/lib.rs`).
+pub const GUEST_STOPPED: &str = "LG_GUEST_STOPPED ";
+
+/// Whether a console line tells of a guest lost: one that triple-faulted,
+/// or one whose lg had to be killed at its time limit.
+fn tells_of_a_lost_guest(line: &str) -> bool {
+    line.contains(TRIPLE_FAULT) || line.starts_with(GUEST_STOPPED)
+}
 
 /// What is left of the whole run's time `limit`, counted from `started`.
 fn limit_left(limit: Option<Duration>, started: Instant) -> Duration {
@@ -420,15 +431,18 @@ impl TestHost {
         self.progress_every(ANY_LINE, quiet)
     }
 
-    /// Counts a run in which more than `expected` guests triple-faulted as
-    /// the test host's own failure too: [`run`](Self::run) boots it again.
-    /// QEMU's emulated SVM now and then corrupts a guest right after an
-    /// emulated port access (seen at `io_serial_in` and `io_serial_out`,
-    /// the UART's, README, Reliability), so a guest that printed its boot
-    /// on `ttyS0` may be lost for no fault of lg's. A triple fault lg
-    /// causes comes back on every boot and is still reported. For scripts
-    /// whose every guest is expected to live but for `expected` that are
-    /// made to triple-fault (the end-to-end tests).
+    /// Counts a run in which more than `expected` guests were lost as the
+    /// test host's own failure too: [`run`](Self::run) boots it again. A
+    /// guest is lost when lg says it triple-faulted, or when the script
+    /// says it killed lg at a time limit (a line starting
+    /// [`GUEST_STOPPED`]). QEMU's emulated SVM now and then corrupts a
+    /// guest right after an emulated port access (seen at `io_serial_in`
+    /// and `io_serial_out`, the UART's, README, Reliability), which then
+    /// triple-faults or spins where it cannot wake (with the test host's
+    /// own `rip` and `CR3`), for no fault of lg's. A triple fault or a hang
+    /// that lg causes comes back on every boot and is still reported. For
+    /// scripts whose every guest is expected to live but for `expected`
+    /// that are made to triple-fault or hang (the end-to-end tests).
     pub fn retry_lost_guests(mut self, expected: usize) -> Self {
         self.expected_lost_guests = Some(expected);
         self
@@ -529,7 +543,10 @@ impl TestHost {
     /// [`retry_lost_guests`](Self::retry_lost_guests) allowed.
     fn lost_guests(&self, run: &TestHostRun) -> Option<OwnFailure> {
         let expected = self.expected_lost_guests?;
-        let lost = run.lines().filter(|line| line.contains(LOST_GUEST)).count();
+        let lost = run
+            .lines()
+            .filter(|line| tells_of_a_lost_guest(line))
+            .count();
         (lost > expected).then_some(OwnFailure::LostGuests { lost, expected })
     }
 
@@ -1022,6 +1039,22 @@ mod tests {
             })
         );
         assert_eq!(none_expected.lost_guests(&none_lost), None);
+        let one_stopped = finished(
+            "LG_E2E_BEGIN boot\nLG_E2E_HUNG boot still running 10 s before its 120 s limit\n\
+             \nLG_GUEST_STOPPED boot: lg was killed at its 120 s limit\nLG_E2E_END boot 137\n",
+        );
+        assert_eq!(
+            none_expected.lost_guests(&one_stopped),
+            Some(OwnFailure::LostGuests {
+                lost: 1,
+                expected: 0
+            })
+        );
+        // Only at the start of a line, as the prelude prints it.
+        assert_eq!(
+            none_expected.lost_guests(&finished("echo LG_GUEST_STOPPED boot\n")),
+            None
+        );
         // firmware.rs makes one guest triple-fault on purpose.
         assert_eq!(
             TestHost::new().retry_lost_guests(1).lost_guests(&one_lost),
@@ -1032,7 +1065,7 @@ mod tests {
             expected: 0,
         }
         .told();
-        assert!(told.starts_with("1 guest(s) triple-faulted in the test host where 0 should have"));
+        assert!(told.starts_with("1 guest(s) were lost in the test host (triple-faulted, or"));
         assert_eq!(
             OwnFailure::LostGuests {
                 lost: 1,
