@@ -68,14 +68,9 @@ const HOSTILE_CASE: &str = r#"
 dd if=/dev/zero of=/tmp/hostile.img bs=512 count=2048 2>/dev/null
 printf LGDISKOK | dd of=/tmp/hostile.img conv=notrunc 2>/dev/null
 echo "LG_E2E_BEGIN hostile"
-lg_e2e_watch HOSTILE_LIMIT hostile &
-watch=$!
-timeout -s KILL HOSTILE_LIMIT lg HOSTILE_ARGS </dev/null 2>/tmp/hostile.stderr
+lg_e2e_lg HOSTILE_LIMIT hostile HOSTILE_ARGS </dev/null 2>/tmp/hostile.stderr
 status=$?
-kill $watch 2>/dev/null
-wait $watch 2>/dev/null
 sed 's/^/LG_E2E_STDERR /' /tmp/hostile.stderr
-lg_e2e_killed hostile $status HOSTILE_LIMIT
 printf '\nLG_E2E_END hostile %s\n' "$status"
 "#;
 

@@ -30,12 +30,15 @@ use std::time::{Duration, Instant};
 /// `lg_fail NAME ARGS...` does the same with lg's stderr captured, each line
 /// printed as `LG_E2E_STDERR <line>`, for runs that must be refused.
 /// Each lg gets a time limit of its own (killed: status 137), so one hung
-/// guest fails its case and not the whole file. 10 s before an `lg_case`'s
-/// limit, `lg_e2e_watch LIMIT NAME` (run beside it) prints every running
-/// guest's registers and exit counts, and where each of lg's threads waits
-/// in the kernel, as `LG_E2E_HUNG NAME ...` lines, so a case that hung
-/// shows whether its guest was spinning or halted, or lg was stuck; a case killed at its limit then prints `LG_GUEST_STOPPED NAME`,
-/// which `TestHost::retry_lost_guests` counts as a lost guest.
+/// guest fails its case and not the whole file: `lg_e2e_lg LIMIT NAME
+/// ARGS...` runs it so for `lg_case` and for scripts that need their own
+/// redirections (the hostile case). 10 s before the limit, a watcher
+/// beside lg (`lg_e2e_watch`) prints every running guest's registers and
+/// exit counts, and where each of lg's threads waits in the kernel, as
+/// `LG_E2E_HUNG NAME ...` lines, so a case that hung shows whether its
+/// guest was spinning or halted, or lg was stuck; an lg killed at its
+/// limit then gets a `LG_GUEST_STOPPED NAME` line, which
+/// `TestHost::retry_lost_guests` counts as a lost guest.
 /// The script exits with the first non-zero `lg_case` status.
 const PRELUDE: &str = r#"
 lg_case_limit=LG_CASE_LIMIT
@@ -61,20 +64,24 @@ lg_e2e_watch() {
 		done
 	done 2>&1 | sed "s/^/LG_E2E_HUNG $2 /"
 }
-lg_e2e_killed() {
-	[ "$2" = 137 ] && printf '\nLG_GUEST_STOPPED %s: lg was killed at its %s s limit\n' "$1" "$3"
-	return 0
+lg_e2e_lg() {
+	lg_e2e_limit=$1 lg_e2e_name=$2
+	shift 2
+	lg_e2e_watch $lg_e2e_limit "$lg_e2e_name" &
+	lg_e2e_watcher=$!
+	timeout -s KILL $lg_e2e_limit lg "$@"
+	lg_e2e_lg_status=$?
+	kill $lg_e2e_watcher 2>/dev/null
+	wait $lg_e2e_watcher 2>/dev/null
+	[ $lg_e2e_lg_status = 137 ] &&
+		printf '\nLG_GUEST_STOPPED %s: lg was killed at its %s s limit\n' "$lg_e2e_name" $lg_e2e_limit
+	return $lg_e2e_lg_status
 }
 lg_case() {
 	name=$1; shift
 	echo "LG_E2E_BEGIN $name"
-	lg_e2e_watch $lg_case_limit "$name" &
-	watch=$!
-	timeout -s KILL $lg_case_limit lg "$@"
+	lg_e2e_lg $lg_case_limit "$name" "$@"
 	status=$?
-	kill $watch 2>/dev/null
-	wait $watch 2>/dev/null
-	lg_e2e_killed "$name" $status $lg_case_limit
 	printf '\nLG_E2E_END %s %s\n' "$name" "$status"
 	[ "$lg_e2e_status" = 0 ] && lg_e2e_status=$status
 	return 0
@@ -117,8 +124,8 @@ pub fn test_host_limit(cases: u32, fails: u32) -> Duration {
 /// 300 s), so only a test host whose emulated CPUs stopped (seen in CI: both
 /// halted, QEMU idle) is this quiet. `TestHost::run` then boots it again,
 /// minutes before its whole limit would have come. (Every file also asks
-/// for `TestHost::retry_lost_guests`: a guest the emulated SVM lost to a
-/// triple fault is not lg's failure either.)
+/// for `TestHost::retry_lost_guests`: a guest the emulated SVM lost, to
+/// a triple fault or a hang, is not lg's failure either.)
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(360);
 
 /// The one test-host run a file's tests share, in `run`: started by

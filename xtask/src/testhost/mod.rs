@@ -187,8 +187,8 @@ impl TestHostError {
         )
     }
 
-    /// A panic or a stall of the test host's own kernel: see
-    /// [`TestHost::run`] for why neither is lg's.
+    /// A panic, a stall or a silence of the test host's own kernel: see
+    /// [`TestHost::run`] for why none is lg's.
     pub fn test_host_failed_by_itself(&self) -> bool {
         self.own_failure().is_some()
     }
@@ -236,8 +236,8 @@ enum OwnFailure {
     Panic,
     Stall,
     Silence,
-    /// More guests triple-faulted than the run expected
-    /// ([`TestHost::retry_lost_guests`]).
+    /// More guests were lost (triple-faulted, or stopped until their lg
+    /// was killed) than the run expected ([`TestHost::retry_lost_guests`]).
     LostGuests {
         lost: usize,
         expected: usize,
@@ -505,8 +505,8 @@ impl TestHost {
     /// [`silence_limit`](Self::silence_limit) counts the same (stall
     /// warnings are not lines there, so a stalled host is ended at that
     /// limit too). With [`retry_lost_guests`](Self::retry_lost_guests), a
-    /// run that lost more guests to a triple fault than it expected is
-    /// booted again as well. Every retry is logged in
+    /// run that lost more guests than it expected is booted again as
+    /// well. Every retry is logged in
     /// `target/testhost/crashes.log` with the console that showed it.
     pub fn run(&self, shell_command: &str) -> Result<TestHostRun, TestHostError> {
         let base = self.base()?;
